@@ -2,10 +2,12 @@
 
 ``DStar`` is the message-API strategy (``flwr.serverapp.strategy``); ``DStarLegacy``
 and ``FirstKFitWorkflow`` serve the legacy API; ``dstar_aggregate`` is the rule
-itself on flat arrays, usable without Flower.
+itself on flat arrays, usable without Flower. ``save_checkpoint`` and
+``load_checkpoint`` read and write the checkpoints ``DStar.start`` resumes from.
 """
 
 from .aggregation import DStarAggregation, dstar_aggregate
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .first_k import CollectedRound, FirstKCollector, resolve_first_k
 from .interception import DropMalformedReplies, InterceptedStrategy, ReplyTransform
 from .legacy import DStarLegacy, FirstKFitWorkflow
@@ -15,6 +17,8 @@ from .rule import DStarRule
 from .strategy import DStar
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
     "CollectedRound",
     "DStar",
     "DStarAggregation",
@@ -28,7 +32,9 @@ __all__ = [
     "ReplyTransform",
     "RoundReport",
     "dstar_aggregate",
+    "load_checkpoint",
     "resolve_first_k",
+    "save_checkpoint",
 ]
 
 __version__ = "0.1.0"

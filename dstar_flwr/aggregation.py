@@ -104,7 +104,9 @@ def _numpy_median(block: NDArray[np.floating]) -> NDArray[np.floating]:
 
     One pivot only: numpy's multi-pivot partition is several times slower, so for
     an even number of rows the lower middle value is the maximum of the rows
-    left of the upper one.
+    left of the upper one. The two are halved before they are added, so that
+    their mean cannot overflow (halving a normal number is exact: the result is
+    otherwise the same).
     """
     num_rows = block.shape[0]
     if num_rows == 1:
@@ -113,8 +115,8 @@ def _numpy_median(block: NDArray[np.floating]) -> NDArray[np.floating]:
     partitioned = np.partition(block, upper, axis=0)
     if num_rows % 2:
         return partitioned[upper]
-    lower = partitioned[:upper].max(axis=0)
-    return (lower + partitioned[upper]) * block.dtype.type(0.5)
+    half = block.dtype.type(0.5)
+    return partitioned[:upper].max(axis=0) * half + partitioned[upper] * half
 
 
 def coordinate_median(stack: NDArray[np.floating]) -> NDArray[np.floating]:
@@ -308,7 +310,8 @@ if njit is not None:
                 else:
                     high = buffer[upper]
                     for lane in range(width):
-                        center[lane] = (low[lane] + high[lane]) * half[0]
+                        # Halved before the sum, which could overflow.
+                        center[lane] = low[lane] * half[0] + high[lane] * half[0]
             center = median[first : first + width]
             for index in range(row_addresses.shape[0]):
                 row = carray(_pointer_to(row_addresses[index], half), (dimension,))
@@ -547,19 +550,25 @@ def _weighted_sum(
     if kernels is None:
         total = np.zeros(dimension, dtype=np.float64)
         scratch = np.empty(dimension, dtype=np.float64)
-        for row, weight in zip(rows, weights, strict=True):
-            np.multiply(row, weight, out=scratch)
-            total += scratch
+        with np.errstate(over="ignore"):  # saturated below
+            for row, weight in zip(rows, weights, strict=True):
+                np.multiply(row, weight, out=scratch)
+                total += scratch
         out[...] = total
-        return out
-    addresses = _addresses(rows)
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    like = np.zeros(1, dtype=dtype)
+    else:
+        addresses = _addresses(rows)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        like = np.zeros(1, dtype=dtype)
 
-    def task(chunk: int, start: int, stop: int) -> None:
-        kernels.weighted_sum(addresses, weights, like, dimension, start, stop, out)
+        def task(chunk: int, start: int, stop: int) -> None:
+            kernels.weighted_sum(addresses, weights, like, dimension, start, stop, out)
 
-    _run_chunks(task, _chunk_bounds(dimension), len(rows) * dimension)
+        _run_chunks(task, _chunk_bounds(dimension), len(rows) * dimension)
+    if dtype == np.float64:
+        # Weights sum to 1 only up to rounding: a mean of values near the float64
+        # maximum can round past it. It saturates instead (float32 rows cannot).
+        limit = np.finfo(dtype).max
+        np.clip(out, -limit, limit, out=out)
     return out
 
 
@@ -604,7 +613,9 @@ def _checked_weights(weights: Sequence[float] | None, count: int) -> NDArray[np.
         raise ValueError(f"weights has shape {array.shape}: give one weight per update ({count}).")
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise ValueError("weights must be finite and non-negative.")
-    return array
+    # Only their ratios matter: at most 1, their sum and median cannot overflow.
+    largest = float(array.max(initial=0.0))
+    return array / largest if largest > 0 else array
 
 
 def clip_weights(weights: NDArray[np.float64], max_ratio: float | None) -> NDArray[np.float64]:

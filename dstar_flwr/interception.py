@@ -18,7 +18,7 @@ instance's ``configure_train`` and ``aggregate_train`` with instance attributes
 
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO
-from typing import Protocol
+from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -158,8 +158,13 @@ class InterceptedStrategy(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        **start_kwargs: Any,
     ) -> Result:
-        """Run the wrapped strategy's own ``start`` with the transforms in the loop."""
+        """Run the wrapped strategy's own ``start`` with the transforms in the loop.
+
+        ``start_kwargs`` go to the wrapped strategy's ``start`` as they are, e.g.
+        DStar's ``checkpoint_path`` and ``resume``.
+        """
         inner = self.strategy
         inner_configure_train = inner.configure_train
         inner_aggregate_train = inner.aggregate_train
@@ -186,6 +191,7 @@ class InterceptedStrategy(Strategy):
                 train_config=train_config,
                 evaluate_config=evaluate_config,
                 evaluate_fn=evaluate_fn,
+                **start_kwargs,
             )
         finally:
             del inner.configure_train

@@ -64,8 +64,12 @@ def parse_fit_res(fit_res: FitRes, layout: ArrayLayout, max_num_examples: float)
     except Exception as error:
         raise MalformedReply(f"parameters cannot be decoded: {error}") from error
     num_examples = fit_res.num_examples
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int | float):
+    if isinstance(num_examples, bool | np.bool_) or not isinstance(
+        num_examples, int | float | np.integer | np.floating
+    ):
         raise MalformedReply(f"num_examples is {type(num_examples).__name__}")
+    if isinstance(num_examples, np.generic):
+        num_examples = num_examples.item()  # MetricRecord takes Python numbers
     content = RecordDict(
         {
             "arrays": _ndarrays_record(ndarrays),
@@ -175,16 +179,24 @@ class DStarLegacy(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Filter and average the fit results (in arrival order) with dSTAR."""
+        """Filter and average the fit results (in arrival order) with dSTAR.
+
+        Each node has one vote per round: later results from a node that already
+        sent one are dropped as malformed.
+        """
         if self._global is None or self._layout is None:
             raise RuntimeError("configure_fit must run before aggregate_fit.")
         report = RoundReport(server_round=server_round)
         node_ids: list[int] = []
         parsed: list[TrainReply] = []
         fit_metrics: list[tuple[int, dict[str, Scalar]]] = []
+        replied: set[int] = set()
         for proxy, fit_res in results:
             node_id = int(getattr(proxy, "node_id", 0) or 0)
             try:
+                if node_id in replied:
+                    raise MalformedReply("a second result from this node in the round")
+                replied.add(node_id)
                 parsed.append(parse_fit_res(fit_res, self._layout, self.rule.max_num_examples))
                 node_ids.append(node_id)
                 fit_metrics.append((fit_res.num_examples, fit_res.metrics))
@@ -196,6 +208,8 @@ class DStarLegacy(FedAvg):
                 report.failed_node_ids.append(int(getattr(failure[0], "node_id", 0) or 0))
             elif isinstance(failure, DroppedFitReply):
                 report.malformed_node_ids.append(failure.node_id)
+            else:
+                log(INFO, "\t> A fit call failed without a reply: %r", failure)
         report.num_sampled = len(results) + len(failures)
 
         outcome = self.rule.apply(

@@ -70,7 +70,9 @@ def unflatten_vector(vector: NDArray[np.floating], layout: ArrayLayout) -> Array
     """Split a flat vector back into an ArrayRecord of ``layout``'s arrays.
 
     Integer and boolean arrays (e.g. BatchNorm's ``num_batches_tracked``) are
-    rounded back to their dtype.
+    rounded back to their dtype; values beyond the range of a float dtype narrower
+    than the vector's (float16, or float32 in a float64 vector) saturate at its
+    largest finite value instead of becoming inf.
     """
     if vector.shape != (layout.size,):
         raise ValueError(f"vector has shape {vector.shape}, layout size {layout.size}.")
@@ -81,6 +83,8 @@ def unflatten_vector(vector: NDArray[np.floating], layout: ArrayLayout) -> Array
         part = vector[offset : offset + count].reshape(shape)
         if not np.issubdtype(dtype, np.floating):
             part = np.rint(part)
+        elif np.finfo(dtype).max < np.finfo(vector.dtype).max:
+            part = np.clip(part, np.finfo(dtype).min, np.finfo(dtype).max)
         record[key] = Array(np.asarray(part, dtype=dtype, order="C"))
         offset += count
     return record

@@ -153,8 +153,11 @@ class DStarRule:
         """
         if len(reply_weights) < self.min_valid_replies:
             return RuleOutcome(weights=None, aggregation=None)
-        updates = [weights - global_weights for weights in reply_weights]
-        validation = validation_weights - global_weights if validation_weights is not None else None
+        with np.errstate(over="ignore"):  # an update that overflows is non-finite: rejected
+            updates = [weights - global_weights for weights in reply_weights]
+            validation = (
+                validation_weights - global_weights if validation_weights is not None else None
+            )
         aggregation = dstar_aggregate(
             updates,
             num_byzantine=self.num_byzantine,
@@ -166,8 +169,13 @@ class DStarRule:
             cap_accepted=self.cap_accepted,
             weight_clip=self.weight_clip,
         )
-        step = self.server_learning_rate * aggregation.aggregate
-        next_weights = (global_weights + step.astype(global_weights.dtype)).astype(
-            global_weights.dtype
-        )
+        with np.errstate(over="ignore"):  # saturated below
+            step = self.server_learning_rate * aggregation.aggregate
+            next_weights = (global_weights + step.astype(global_weights.dtype)).astype(
+                global_weights.dtype
+            )
+        # With replies near the dtype's largest value, w + eta * F can round (or, for
+        # eta > 1, be carried) past it: the model saturates instead of turning to inf.
+        limit = np.finfo(next_weights.dtype).max
+        np.clip(next_weights, -limit, limit, out=next_weights)
         return RuleOutcome(weights=next_weights, aggregation=aggregation)

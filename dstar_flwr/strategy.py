@@ -1,9 +1,12 @@
 """DStar: dSTAR as a Flower message-API strategy, with real first-k rounds."""
 
 import io
+import os
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -20,6 +23,7 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info, samp
 from flwr.supercore import log
 from numpy.typing import NDArray
 
+from .checkpoint import Checkpoint, layout_differences, load_checkpoint, save_checkpoint
 from .first_k import FirstKCollector
 from .records import (
     ArrayLayout,
@@ -35,6 +39,7 @@ from .report import RoundReport
 from .rule import DStarRule
 
 ValidationTrainFn = Callable[[ArrayRecord], ArrayRecord]
+CheckpointStateFn = Callable[[int, Result], dict[str, Any]]
 
 
 # pylint: disable=too-many-instance-attributes
@@ -94,6 +99,10 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
     ``start(..., timeout=T)`` uses ``T`` as the round deadline: messages carry
     TTL ``T``; a round that has not reached k valid replies by then is
     aggregated with what came in (at least ``min_replies``) or skipped.
+
+    ``start(..., checkpoint_path=P)`` saves a checkpoint to ``P`` after every
+    completed round; ``start(..., checkpoint_path=P, resume=True)`` continues
+    after the round saved there (see :meth:`start`).
     """
 
     # pylint: disable=too-many-arguments,too-many-locals
@@ -160,6 +169,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         self._busy_node_ids: set[int] = set()
         self._running = False
         self.last_report: RoundReport | None = None
+        self.resumed_checkpoint: Checkpoint | None = None
         self.skip_busy_nodes = skip_busy_nodes
 
     def summary(self) -> None:
@@ -284,6 +294,9 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
     ) -> tuple[ArrayRecord | None, MetricRecord | None, RoundReport]:
         """Check, filter and average ``replies`` (in arrival order).
 
+        Each node has one vote per round: a node's first reply is the one
+        considered, and any later reply from it is dropped as malformed.
+
         Returns
         -------
         tuple[ArrayRecord | None, MetricRecord | None, RoundReport]
@@ -297,10 +310,13 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         node_ids: list[int] = []
         parsed = []
         contents = []
+        replied: set[int] = set()
         for reply in replies:
             node_id = reply.metadata.src_node_id
             reason = None
-            if reply.has_error():
+            if node_id in replied:
+                reason = "a second reply from this node in the round (one vote per node)"
+            elif reply.has_error():
                 report.failed_node_ids.append(node_id)
                 log(INFO, "\t> Node %s failed: %s", node_id, _short(reply.error.reason))
             else:
@@ -317,6 +333,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
                     contents.append(reply.content)
                 except MalformedReply as error:
                     reason = str(error)
+            replied.add(node_id)
             if reason is not None:
                 report.malformed_node_ids.append(node_id)
                 log(INFO, "\t> Dropped the reply of node %s: %s", node_id, reason)
@@ -403,37 +420,88 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        checkpoint_state_fn: CheckpointStateFn | None = None,
     ) -> Result:
         """Run ``num_rounds`` first-k rounds; ``timeout`` is each round's deadline.
 
         As :meth:`flwr.serverapp.strategy.Strategy.start`, except that a training
         round ends at the k-th valid reply, late replies are drained (never
         aggregated) and every round's report is in ``train_metrics_clientapp``.
+
+        Parameters
+        ----------
+        grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, \
+evaluate_fn
+            As in :meth:`flwr.serverapp.strategy.Strategy.start`.
+        checkpoint_path : str | os.PathLike[str] | None (default: None)
+            Save a :class:`~dstar_flwr.checkpoint.Checkpoint` here (atomically)
+            after every completed round, after its aggregation and evaluation.
+            None: no checkpoints.
+        resume : bool (default: False)
+            Continue from the checkpoint at ``checkpoint_path``: restore its
+            global arrays and Result and run rounds ``last + 1 .. num_rounds``
+            (no round-0 evaluation); return the restored Result at once if
+            ``last >= num_rounds``. The checkpoint's arrays must have the names,
+            shapes and dtypes of ``initial_arrays``. The loaded checkpoint is
+            kept as :attr:`resumed_checkpoint`.
+        checkpoint_state_fn : Callable[[int, Result], dict[str, Any]], optional
+            Called with the completed round and the Result so far before each
+            save; what it returns (JSON-serializable) is the checkpoint's
+            ``state``, for the caller's own per-round records.
+
+        Raises
+        ------
+        ValueError
+            If ``resume`` is set and there is no checkpoint at
+            ``checkpoint_path``, the file there is not a readable checkpoint
+            (:class:`~dstar_flwr.checkpoint.CheckpointError`), or its model
+            layout differs from ``initial_arrays``'s.
         """
         if timeout <= 0:
             raise ValueError(f"timeout (the round deadline) must be > 0, got {timeout}.")
+        path = None if checkpoint_path is None else Path(checkpoint_path)
+        restored = self._restore(path, initial_arrays) if resume else None
+        if path is None and checkpoint_state_fn is not None:
+            raise ValueError("checkpoint_state_fn needs a checkpoint_path to save to.")
+        if path is not None and restored is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                log(WARNING, "dstar: replacing the checkpoint %s (resume=True continues it)", path)
+        self.resumed_checkpoint = restored
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
         log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
         self.summary()
         log(INFO, "")
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = Result()
+        t_start = time.time()
+        if restored is not None:
+            result = restored.result
+            arrays = restored.arrays
+            first_round = restored.server_round + 1
+            log(INFO, "dstar: resuming after round %s (checkpoint %s)", restored.server_round, path)
+            if first_round > num_rounds:
+                log(INFO, "dstar: all %s rounds were completed before; nothing to run", num_rounds)
+                return result
+        else:
+            result = Result()
+            first_round = 1
+            if evaluate_fn:
+                res = evaluate_fn(0, initial_arrays)
+                log(INFO, "Initial global evaluation results: %s", res)
+                if res is not None:
+                    result.evaluate_metrics_serverapp[0] = res
+            arrays = initial_arrays
+        result.arrays = arrays
         collector = FirstKCollector(grid, poll_interval=self.poll_interval)
         self._message_ttl = timeout
         self._running = True
 
-        t_start = time.time()
-        if evaluate_fn:
-            res = evaluate_fn(0, initial_arrays)
-            log(INFO, "Initial global evaluation results: %s", res)
-            if res is not None:
-                result.evaluate_metrics_serverapp[0] = res
-        arrays = initial_arrays
-        result.arrays = arrays
-
         try:
-            for current_round in range(1, num_rounds + 1):
+            for current_round in range(first_round, num_rounds + 1):
                 log(INFO, "")
                 log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
                 self._busy_node_ids = collector.busy_node_ids()
@@ -495,6 +563,13 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
                     log(INFO, "\t└──> MetricRecord: %s", res)
                     if res is not None:
                         result.evaluate_metrics_serverapp[current_round] = res
+
+                if path is not None:
+                    state = {}
+                    if checkpoint_state_fn is not None:
+                        state = checkpoint_state_fn(current_round, result)
+                    save_checkpoint(path, Checkpoint(current_round, arrays, result, state))
+                    log(INFO, "dstar: round %s checkpointed to %s", current_round, path)
         finally:
             drained = collector.drain(wait=True)
             if drained:
@@ -517,6 +592,29 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             log(INFO, "\t%s", line.strip("\n"))
         log(INFO, "")
         return result
+
+    @staticmethod
+    def _restore(path: Path | None, initial_arrays: ArrayRecord) -> Checkpoint:
+        """Load the checkpoint to resume from, checked against ``initial_arrays``."""
+        if path is None:
+            raise ValueError("resume=True needs the checkpoint_path to resume from.")
+        if not path.is_file():
+            raise ValueError(
+                f"resume=True but there is no checkpoint at {path}: run without resume "
+                "(with this checkpoint_path) to start from round 1."
+            )
+        checkpoint = load_checkpoint(path)
+        differences = layout_differences(initial_arrays, checkpoint.arrays)
+        if differences:
+            raise ValueError(
+                f"the model in the checkpoint {path} does not match initial_arrays: "
+                + "; ".join(differences)
+                + ". Resume with the model the checkpoint was written for."
+            )
+        # The model's own array order, whatever the order in the file.
+        arrays = ArrayRecord({name: checkpoint.arrays[name] for name in initial_arrays})
+        checkpoint.arrays = checkpoint.result.arrays = arrays
+        return checkpoint
 
 
 def _short(reason: str, limit: int = 200) -> str:

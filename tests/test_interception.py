@@ -1,15 +1,18 @@
 """Reply transforms in front of Flower's own strategies: the malformed-reply guard."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg, Krum
 
+from dstar_flwr import DStar, load_checkpoint
 from dstar_flwr.interception import DropMalformedReplies, InterceptedStrategy
 
 from .fake_grid import FakeGrid, FakeNode
-from .test_strategy import _start, _vector, honest, nan_sender
+from .test_strategy import _model, _start, _vector, honest, nan_sender
 
 
 def missing_arrays(_: Message) -> RecordDict:
@@ -35,3 +38,16 @@ def test_behind_the_guard_flower_strategies_go_on(strategy: FedAvg) -> None:
     assert np.all(np.isfinite(_vector(result.arrays)))
     assert {r: sorted(ids) for r, ids in guard.dropped_per_round.items()} == {1: [6, 7], 2: [6, 7]}
     assert "aggregate_train" not in vars(strategy)
+
+
+def test_extra_start_arguments_reach_the_wrapped_strategy(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "run.ckpt.npz"
+    wrapped = InterceptedStrategy(DStar(num_byzantine=1, first_k=5), [DropMalformedReplies()])
+    wrapped.start(
+        grid=_grid(),
+        initial_arrays=_model(np.zeros(23, np.float32)),
+        num_rounds=2,
+        timeout=5.0,
+        checkpoint_path=checkpoint,
+    )
+    assert load_checkpoint(checkpoint).server_round == 2

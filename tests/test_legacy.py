@@ -144,6 +144,24 @@ def test_aggregate_fit_names_failed_and_malformed_nodes() -> None:
     assert metrics["num-sampled"] == 6
 
 
+def test_aggregate_fit_takes_numpy_example_counts(caplog: pytest.LogCaptureFixture) -> None:
+    strategy = DStarLegacy(num_byzantine=1, first_k=3)
+    start = np.zeros(23, np.float32)
+    proxies = _configured(strategy, range(1, 5), start)
+    rng = np.random.default_rng(3)
+    counts = {1: np.int64(10), 2: np.int32(12), 3: np.float64(9.0), 4: np.bool_(True)}
+    results = [
+        (proxies[n], _fit_res(_honest_update(start, rng), num_examples=counts[n]))  # type: ignore[arg-type]
+        for n in counts
+    ]
+    with caplog.at_level(logging.INFO):
+        parameters, metrics = strategy.aggregate_fit(1, results, [RuntimeError("lost")])
+    assert parameters is not None
+    assert _ids(metrics["malformed-node-ids"]) == {4}  # a boolean is not a count
+    assert metrics["num-received"] == 4 and metrics["num-accepted"] == 2
+    assert "lost" in caplog.text
+
+
 def test_aggregate_fit_skips_the_round_below_2f_plus_1_valid_results() -> None:
     strategy = DStarLegacy(num_byzantine=1, first_k=4)
     start = np.zeros(23, np.float32)

@@ -241,3 +241,32 @@ def test_error_replies_are_counted_as_failed_not_malformed() -> None:
     assert metrics["failed-node-ids"] == [4]
     assert metrics["malformed-node-ids"] == []
     assert metrics["num-received"] == 4
+
+
+def test_a_node_has_one_vote_per_round() -> None:
+    """A node that answers its one message several times is counted once."""
+    strategy = DStar(num_byzantine=1, first_k=3)
+    grid = FakeGrid({n: FakeNode(0.0, honest(n)) for n in (1, 2, 3)})
+    messages = sorted(
+        strategy.configure_train(1, _model(np.zeros(23, np.float32)), ConfigRecord(), grid),
+        key=lambda m: m.metadata.dst_node_id,
+    )
+
+    def reply(value: float, message: Message) -> Message:
+        return Message(
+            RecordDict(
+                {
+                    "arrays": _model(np.full(23, value, np.float32)),
+                    "metrics": MetricRecord({"num-examples": 10}),
+                }
+            ),
+            reply_to=message,
+        )
+
+    replies = [reply(5.0, messages[0]) for _ in range(3)]
+    replies += [reply(0.1, messages[1]), reply(0.2, messages[2])]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    assert metrics["accepted-node-ids"] == [2, 3]
+    assert metrics["num-malformed"] == 2  # the two repeats
+    np.testing.assert_allclose(_vector(arrays), 0.15, rtol=1e-6)
