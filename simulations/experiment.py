@@ -71,6 +71,8 @@ class ExperimentConfig:
     center: str
     server_learning_rate: float
     validation_update: bool
+    checkpoint_dir: Path | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         """Fail fast on settings that cannot work."""
@@ -86,6 +88,24 @@ class ExperimentConfig:
             raise ValueError("run config 'fedavg-timeout' must be > 0 seconds.")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise ValueError("run config 'fraction-evaluate' must be in [0, 1].")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError(
+                "run config 'resume' = true needs 'checkpoint-dir': the folder holding "
+                "the checkpoint of the run to resume."
+            )
+        if self.checkpoint_dir is not None and self.strategy != "dstar":
+            raise ValueError(
+                f"run config 'checkpoint-dir' and 'resume' work with strategy 'dstar' only, "
+                f'not {self.strategy!r}: set checkpoint-dir = "" and resume = false, '
+                "or use strategy 'dstar'."
+            )
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``<checkpoint-dir>/<run-name>.ckpt.npz``, or None without a checkpoint dir."""
+        if self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir / f"{self.run_name}.ckpt.npz"
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> "ExperimentConfig":
@@ -94,6 +114,7 @@ class ExperimentConfig:
         dataset = read_str(run_config, "dataset")
         seed = read_int(run_config, "seed")
         run_name = str(run_config.get("run-name", "") or f"{strategy}-{dataset}-seed{seed}")
+        checkpoint_dir = read_str(run_config, "checkpoint-dir")
         return cls(
             strategy=strategy,
             num_server_rounds=read_int(run_config, "num-server-rounds"),
@@ -112,6 +133,8 @@ class ExperimentConfig:
             center=read_str(run_config, "dstar-center"),
             server_learning_rate=read_float(run_config, "server-learning-rate"),
             validation_update=read_bool(run_config, "validation-update"),
+            checkpoint_dir=Path(checkpoint_dir).expanduser() if checkpoint_dir else None,
+            resume=read_bool(run_config, "resume"),
         )
 
 

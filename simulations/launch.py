@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from simulations.engine import ENGINE_WORKERS_ENV, engine_path
+
 APP_DIR = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 60.0
 
@@ -54,8 +56,12 @@ def run_config_argument(overrides: Mapping[str, object]) -> str:
 
 
 @contextmanager
-def private_superlink(work_dir: Path) -> Iterator[dict[str, str]]:
-    """Start a simulation SuperLink on free ports; yield the env for ``flwr run``."""
+def private_superlink(work_dir: Path, engine_workers: int) -> Iterator[dict[str, str]]:
+    """Start a simulation SuperLink on free ports; yield the env for ``flwr run``.
+
+    Its simulation engine runs up to ``engine_workers`` ClientApp messages at once
+    (see :mod:`simulations.engine`).
+    """
     http_port, control_port, fleet_port = _free_port(), _free_port(), _free_port()
     env = os.environ.copy()
     env.update(
@@ -65,6 +71,16 @@ def private_superlink(work_dir: Path) -> Iterator[dict[str, str]]:
             "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # The SuperLink starts flwr-simulation and flwr-serverapp by name: ours
+            # first, then this interpreter's environment even when not activated.
+            "PATH": os.pathsep.join(
+                [
+                    str(engine_path(work_dir / "bin")),
+                    str(Path(sys.executable).parent),
+                    env.get("PATH", ""),
+                ]
+            ),
+            ENGINE_WORKERS_ENV: str(engine_workers),
         }
     )
     log_file = work_dir / "superlink.log"
@@ -127,6 +143,7 @@ def run_simulation(
     num_supernodes: int = 10,
     app_dir: Path = APP_DIR,
     quiet: bool = False,
+    max_parallel: int | None = None,
 ) -> Path:
     """Run one simulation and return the path of its results JSON.
 
@@ -135,12 +152,18 @@ def run_simulation(
     overrides : Mapping[str, object]
         Run-config values that differ from pyproject.toml's.
     num_supernodes : int (default: 10)
-        Simulated nodes; each gets its own Ray actor so that stragglers run in
-        parallel with the others.
+        Simulated nodes; each gets its own Ray actor and engine thread, so that
+        stragglers run in parallel with the others, as in a deployment (unless
+        ``max_parallel`` is set).
     app_dir : Path
         The Flower App (this repository).
     quiet : bool (default: False)
         Do not echo the run's log.
+    max_parallel : int, optional
+        Run at most this many nodes' messages at once (Ray actors and engine
+        threads); the others queue. Fewer workers start faster and use less
+        memory, but a node that sleeps out a delay then holds up the queue, so
+        leave it unset when latency or round times matter.
 
     Returns
     -------
@@ -152,13 +175,15 @@ def run_simulation(
     overrides["results-dir"] = str(results_dir)
     run_name = str(overrides.get("run-name") or f"run-{time.strftime('%Y%m%d-%H%M%S')}")
     overrides["run-name"] = run_name
+    if max_parallel is not None and max_parallel < 1:
+        raise ValueError(f"max_parallel must be >= 1, got {max_parallel}.")
+    workers = min(num_supernodes, max_parallel or num_supernodes)
     federation = (
-        f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
-        f"init-args-num-cpus={num_supernodes}"
+        f"num-supernodes={num_supernodes} client-resources-num-cpus=1 init-args-num-cpus={workers}"
     )
     with (
         tempfile.TemporaryDirectory(prefix="dstar-flwr-") as work,
-        private_superlink(Path(work)) as env,
+        private_superlink(Path(work), engine_workers=workers) as env,
     ):
         command = [
             "flwr",
@@ -204,6 +229,13 @@ def parse_overrides(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[s
     raise AssertionError("unreachable")
 
 
+def print_results(path: Path) -> None:
+    """Print a results file's path and its summary."""
+    summary = json.loads(path.read_text())["summary"]
+    print(f"results: {path}")
+    print(json.dumps(summary, indent=2))
+
+
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that the private SuperLink is still stopped."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -225,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     overrides = parse_overrides(parser, args.run_config)
-    path = run_simulation(overrides, num_supernodes=args.num_supernodes)
-    summary = json.loads(path.read_text())["summary"]
-    print(f"results: {path}")
-    print(json.dumps(summary, indent=2))
+    print_results(run_simulation(overrides, num_supernodes=args.num_supernodes))
     return 0
 
 

@@ -2,13 +2,14 @@
 
 import json
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import IO
 
 from flwr.app import MetricRecord
 
+from dstar_flwr.checkpoint import write_atomically
 from simulations.diagnostics import filter_precision_recall
 
 
@@ -45,6 +46,15 @@ class RoundRow:
     relative_error: float = math.nan
     byzantine_precision: float = math.nan
     byzantine_recall: float = math.nan
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> "RoundRow":
+        """A row from its :func:`dataclasses.asdict` form; null floats are NaN."""
+        values = {spec.name: data[spec.name] for spec in fields(cls) if spec.name in data}
+        for spec in fields(cls):
+            if isinstance(spec.default, float) and values.get(spec.name, 0.0) is None:
+                values[spec.name] = math.nan
+        return cls(**values)  # type: ignore[arg-type]
 
     def score_rejections(self, byzantine_partitions: set[int]) -> None:
         """Set the precision and recall of the rejections on the Byzantine replies."""
@@ -228,13 +238,16 @@ def write_results(
     run_config: dict[str, object],
     roles: NodeRoles,
     rows: list[RoundRow],
+    resumed_after_round: int | None = None,
 ) -> Path:
     """Write the run's results as JSON, atomically; returns the absolute path.
 
     Top level: ``strategy``, ``threat-model`` and ``attack`` (copied from the
     run config for convenience), ``config`` (the whole run config),
-    ``summary``, ``byzantine-partitions``, ``straggler-partitions`` and
-    ``rounds`` (one :class:`RoundRow` each). NaN and Inf are written as null.
+    ``summary``, ``byzantine-partitions``, ``straggler-partitions``,
+    ``resumed-after-round`` (the checkpoint's round a resumed run continued
+    after; null for a run from round 1) and ``rounds`` (one :class:`RoundRow`
+    each, restored rounds included). NaN and Inf are written as null.
     """
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,10 +259,13 @@ def write_results(
         "summary": summarize(rows, roles),
         "byzantine-partitions": sorted(roles.partition_of[n] for n in roles.byzantine),
         "straggler-partitions": sorted(roles.partition_of[n] for n in roles.stragglers),
+        "resumed-after-round": resumed_after_round,
         "rounds": [asdict(row) for row in rows],
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(_json_safe(document), stream, indent=2)
-    os.replace(temporary, path)
+    text = json.dumps(_json_safe(document), indent=2)
+
+    def write(stream: IO[bytes]) -> None:
+        stream.write(text.encode("utf-8"))
+
+    write_atomically(path, write)
     return path

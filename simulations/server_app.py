@@ -7,15 +7,25 @@ resilience (the aggregate against the mean honest update that reached the
 aggregation, see :mod:`simulations.diagnostics`), prints a per-round table and
 writes the run's results (per round accuracy, loss, rejected and late nodes,
 round seconds, resilience, the full config) to ``<results-dir>/<run-name>.json``.
+
+With run-config ``checkpoint-dir`` (strategy ``dstar``), DStar checkpoints the
+global model and the Result to ``<checkpoint-dir>/<run-name>.ckpt.npz`` after
+every round, with the ServerApp's own per-round rows (partition ids resolved,
+so that they survive new node ids) and its validation-seed position in the
+checkpoint's state. ``resume = true`` continues that run after its last
+completed round: the results then hold the restored rounds and the new ones,
+and ``resumed-after-round`` says where the run picked up.
 """
 
 import time
-from collections.abc import Iterable
-from itertools import count
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from logging import INFO, WARNING
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
 from clients.data import DataConfig, load_server_splits
@@ -26,6 +36,7 @@ from clients.training import (
     select_device,
     train_from_arrays,
 )
+from dstar_flwr import Checkpoint, load_checkpoint
 from simulations.adversary import probe_of, transform_log, wrap_strategy
 from simulations.diagnostics import RESILIENCE_KEYS, HonestMeanProbe, ReplyLogGrid, TrainCall
 from simulations.experiment import ExperimentConfig, build_strategy
@@ -89,9 +100,15 @@ def main(grid: Grid, context: Context) -> None:
     )
     x_validation, y_validation = splits.validation
     x_test, y_test = splits.test
-    validation_seeds = count(experiment.seed * 1_000_003 + 7)
+    restored = _checkpoint_to_resume(experiment, run_config) if experiment.resume else None
+    restored_rows = _restored_rows(restored)
+    first_validation_seed = experiment.seed * 1_000_003 + 7
+    validation_calls = int(restored.state.get("validation-calls", 0)) if restored else 0
 
     def validation_train_fn(arrays: ArrayRecord) -> ArrayRecord:
+        nonlocal validation_calls
+        seed = first_validation_seed + validation_calls
+        validation_calls += 1
         trained, _ = train_from_arrays(
             arrays,
             data.dataset,
@@ -101,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
             batch_size=training.batch_size,
             learning_rate=training.learning_rate,
             device=device,
-            seed=next(validation_seeds),
+            seed=seed,
         )
         return trained
 
@@ -145,6 +162,35 @@ def main(grid: Grid, context: Context) -> None:
     )
     probe = probe_of(strategy)
     timed_grid = ReplyLogGrid(grid)
+
+    def checkpoint_state(server_round: int, result: Result) -> dict[str, Any]:
+        table = _round_table(
+            experiment,
+            server_round,
+            result.train_metrics_clientapp,
+            rows,
+            roles,
+            [],
+            probe,
+            transform_log(strategy),
+            restored_rows,
+        )
+        return {
+            "rows": [asdict(row) for row in table],
+            "validation-calls": validation_calls,
+            "run-config": run_config,
+        }
+
+    # DStar's own start arguments (the config refuses checkpoints for other strategies).
+    checkpointing: dict[str, Any] = (
+        {
+            "checkpoint_path": experiment.checkpoint_path,
+            "resume": experiment.resume,
+            "checkpoint_state_fn": checkpoint_state,
+        }
+        if experiment.checkpoint_path is not None
+        else {}
+    )
     initial = ArrayRecord(build_model(data.dataset, seed=data.seed).state_dict())
     started = time.monotonic()
     result = strategy.start(
@@ -154,16 +200,21 @@ def main(grid: Grid, context: Context) -> None:
         timeout=experiment.round_timeout,
         train_config=ConfigRecord({"learning-rate": training.learning_rate}),
         evaluate_fn=evaluate_fn,
+        **checkpointing,
     )
     wall_seconds = time.monotonic() - started
 
     table = _round_table(
-        experiment, result.train_metrics_clientapp, rows, roles, timed_grid.train_calls, probe
+        experiment,
+        experiment.num_server_rounds,
+        result.train_metrics_clientapp,
+        rows,
+        roles,
+        timed_grid.train_calls,
+        probe,
+        transform_log(strategy),
+        restored_rows,
     )
-    replaced, dropped = transform_log(strategy)
-    for row in table:
-        row.attacked_partitions = roles.partitions(replaced.get(row.server_round, []))
-        row.guard_dropped_partitions = roles.partitions(dropped.get(row.server_round, []))
     log(INFO, "")
     log(INFO, "%s on %s, %s rounds:", experiment.strategy, experiment.dataset, len(table))
     log(INFO, TABLE_HEADER)
@@ -176,31 +227,76 @@ def main(grid: Grid, context: Context) -> None:
         run_config={**run_config, "wall-seconds": wall_seconds},
         roles=roles,
         rows=table,
+        resumed_after_round=restored.server_round if restored else None,
     )
     log(INFO, "results written to %s", path)
 
 
-# pylint: disable=too-many-arguments,too-many-positional-arguments
+def _checkpoint_to_resume(
+    experiment: ExperimentConfig, run_config: Mapping[str, object]
+) -> Checkpoint:
+    """The checkpoint run-config ``resume`` continues; warns on a changed run config."""
+    path = experiment.checkpoint_path
+    assert path is not None  # ExperimentConfig: resume needs checkpoint-dir
+    if not path.is_file():
+        raise ValueError(
+            f"run config 'resume' = true, but there is no checkpoint at {path}: start the "
+            "run with resume = false (same checkpoint-dir and run-name), or fix run-name "
+            "or checkpoint-dir."
+        )
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.state.get("run-config", {})
+    ignored = {"resume", "num-server-rounds"}
+    changed = sorted(
+        key
+        for key in (set(saved) | set(run_config)) - ignored
+        if saved.get(key) != run_config.get(key)
+    )
+    if changed:
+        log(WARNING, "resume: run config differs from the checkpointed run's in %s", changed)
+    log(INFO, "resume: %s holds rounds 1..%s", path, checkpoint.server_round)
+    return checkpoint
+
+
+def _restored_rows(checkpoint: Checkpoint | None) -> dict[int, RoundRow]:
+    """The per-round rows the ServerApp put in ``checkpoint``'s state, by round."""
+    if checkpoint is None:
+        return {}
+    rows = [RoundRow.from_dict(data) for data in checkpoint.state.get("rows", [])]
+    return {row.server_round: row for row in rows if row.server_round <= checkpoint.server_round}
+
+
+# pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
 def _round_table(
     experiment: ExperimentConfig,
+    num_rounds: int,
     train_metrics: dict[int, MetricRecord],
     evaluations: dict[int, RoundRow],
     roles: NodeRoles,
     train_calls: list[TrainCall],
     probe: HonestMeanProbe | None,
+    transformed: tuple[dict[int, list[int]], dict[int, list[int]]],
+    restored: Mapping[int, RoundRow],
 ) -> list[RoundRow]:
-    """One row per round.
+    """One row for each round ``1..num_rounds``.
 
     DStar reports its rounds itself. The strategies that collect a round with
     one ``send_and_receive`` (FLTrust and Flower's) are timed by the grid, which
     also tells the late nodes (sent a message, no reply in the round); their
     received replies are the valid ones that reached the aggregation (the
     probe's record), and FLTrust's zero-trust replies count as rejected.
+    ``transformed`` holds the node ids per round that the omniscient adversary
+    replaced and the guard dropped; ``restored`` rows (from a checkpoint) are
+    taken as they are.
     """
     table = []
     calls: Iterable[TrainCall] = iter(train_calls)
     byzantine = {roles.partition_of[n] for n in roles.byzantine}
-    for server_round in range(1, experiment.num_server_rounds + 1):
+    replaced, dropped = transformed
+    for server_round in range(1, num_rounds + 1):
+        if server_round in restored:
+            table.append(restored[server_round])
+            continue
         metrics = train_metrics.get(server_round)
         if experiment.strategy == "dstar" and metrics is not None:
             row = row_from_dstar_metrics(server_round, metrics, roles)
@@ -226,5 +322,7 @@ def _round_table(
             row.test_loss = evaluation.test_loss
             for key in RESILIENCE_KEYS:
                 setattr(row, key, getattr(evaluation, key))
+        row.attacked_partitions = roles.partitions(replaced.get(server_round, []))
+        row.guard_dropped_partitions = roles.partitions(dropped.get(server_round, []))
         table.append(row)
     return table

@@ -118,3 +118,44 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path: Path) -> None:
     stamps = [path.stat().st_mtime for path in runs]
     assert benchmark.main(["--grid", "smoke", "--out", str(out), "--report", str(report)]) == 0
     assert [path.stat().st_mtime for path in runs] == stamps  # finished cells are skipped
+
+
+def test_axis_flags_replace_the_preset_axes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Grid] = []
+    monkeypatch.setattr(benchmark, "run_grid", lambda grid, out, progress: seen.append(grid))
+    argv = ["--grid", "strong", "--out", str(tmp_path), "--strategies", "dstar", "krum"]
+    with pytest.raises(SystemExit):  # nothing ran, so there is nothing to report
+        benchmark.main([*argv, "--byzantine-fractions", "0.1", "0.2", "--seeds", "3"])
+    (grid,) = seen
+    assert grid.strategies == ("dstar", "krum")
+    assert grid.byzantine_fractions == (0.1, 0.2) and grid.seeds == (3,)
+    assert grid.attacks == GRIDS["strong"].attacks  # the axes not named keep the preset's
+    with pytest.raises(SystemExit):
+        benchmark.main(["--out", str(tmp_path), "--byzantine-fractions", "1.0"])
+
+
+def test_unavailable_datasets_are_skipped_with_their_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_grid(grid: Grid, out: Path, progress: bool) -> None:
+        raise AssertionError(f"nothing should run, got {grid.datasets}")
+
+    monkeypatch.setattr(benchmark, "run_grid", run_grid)
+    monkeypatch.setattr(benchmark, "dataset_unavailable", lambda name: f"{name} files missing")
+    assert benchmark.main(["--grid", "paper", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipping every fashion-mnist cell: fashion-mnist files missing" in printed
+    assert "skipping every cifar10 cell: cifar10 files missing" in printed
+    assert "nothing to run" in printed
+
+
+def test_paper_datasets_report_why_they_cannot_load_here() -> None:
+    reasons = {name: benchmark.dataset_unavailable(name) for name in GRIDS["paper"].datasets}
+    if all(reason is None for reason in reasons.values()):
+        pytest.skip("torchvision and the Fashion-MNIST and CIFAR-10 files are present")
+    for name, reason in reasons.items():
+        if reason is not None:
+            assert name in reason and ("torchvision" in reason or "not found" in reason)
+    assert benchmark.dataset_unavailable("digits") is None

@@ -1,0 +1,339 @@
+"""DStar on Flower's deployment engine: a SuperLink and SuperNodes as separate processes.
+
+One federation (TLS, SuperNode authentication) of a SuperLink and 5 SuperNodes
+serves the end-to-end tests: partition 0 is Byzantine, partition 4 straggles
+3 s per round, DStar keeps the first k = 4 replies. The quick tests of the
+certificates, the CLI parsing and the process handling need no federation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.cli.supernode.register import try_load_public_key
+
+from simulations.certificates import generate_server_certificates, generate_supernode_keys
+from simulations.deploy import (
+    LocalFederation,
+    StartedRun,
+    parse_node_configs,
+    stop_process_tree,
+)
+
+NUM_SUPERNODES = 5
+BYZANTINE = 0
+STRAGGLER = 4
+STRAGGLER_SECONDS = 3.0
+K = 4
+RUN_LIMIT = 300.0  # seconds any one run may take before the test gives up
+
+deployment = pytest.mark.deployment
+
+
+def _run_config(results_dir: Path, run_name: str, **overrides: object) -> dict[str, object]:
+    """A quick DStar run: digits, one local epoch, partition 0 Byzantine, k = 4."""
+    config: dict[str, object] = {
+        "strategy": "dstar",
+        "dataset": "digits",
+        "num-server-rounds": 3,
+        "local-epochs": 1,
+        "device": "cpu",
+        "first-k": K,
+        "num-byzantine": 1,
+        "num-byzantine-nodes": 0,
+        "byzantine-partitions": str(BYZANTINE),
+        "attack": "gaussian",
+        "num-stragglers": 1,  # names partition 4 the straggler in the results
+        "latency-model": "profile",  # delays from the node configs only
+        "round-timeout": 120.0,  # generous: rounds close at the k-th reply
+        "results-dir": str(results_dir),
+        "run-name": run_name,
+    }
+    config.update({key.replace("_", "-"): value for key, value in overrides.items()})
+    return config
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """A SuperLink and 5 SuperNodes with TLS and authentication; node 4 straggles."""
+    with LocalFederation(
+        NUM_SUPERNODES,
+        node_configs={STRAGGLER: {"latency-seconds": STRAGGLER_SECONDS}},
+        work_dir=tmp_path_factory.mktemp("federation"),
+    ) as started:
+        yield started
+
+
+def _sint64(run_id: int) -> int:
+    """The SuperLink stores ids as signed 64-bit integers."""
+    return run_id - 2**64 if run_id >= 2**63 else run_id
+
+
+def _run_messages(database: Path, run_id: int) -> dict[str, int]:
+    """How many messages of the run each message table of the SuperLink's state holds."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        tables = {row[0] for row in connection.execute(query)}
+        return {
+            table: connection.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE run_id = ?",
+                (_sint64(run_id),),
+            ).fetchone()[0]
+            for table in ("message_ins", "message_res")
+            if table in tables
+        }
+
+
+def _wait_for_results(
+    federation: LocalFederation, started: StartedRun, limit: float = RUN_LIMIT
+) -> int:
+    """Wait for the results file, watching the run's messages in the SuperLink's state.
+
+    The ServerApp writes its results after the strategy has drained every late
+    reply and before the run ends; the SuperLink then removes what is left of
+    a finished run on its own, so the leftovers are counted before any call
+    that could trigger that. Returns the most messages of the run seen at once.
+    """
+    most = 0
+    deadline = time.monotonic() + limit
+    next_status = time.monotonic() + 20
+    while not started.results.exists():
+        with suppress(sqlite3.OperationalError):  # the SuperLink is writing; look again
+            most = max(most, sum(_run_messages(federation.database, started.run_id).values()))
+        now = time.monotonic()
+        if now > next_status:  # fail early when the run ended without results
+            status = federation.run_status(started.run_id)
+            assert not status.startswith("finished") or started.results.exists(), (
+                f"run ended {status} without results.\n" + federation.diagnostics(started.run_id)
+            )
+            next_status = now + 20
+        assert now < deadline, f"no results after {limit:.0f} s.\n" + federation.diagnostics(
+            started.run_id
+        )
+        time.sleep(0.2)
+    return most
+
+
+def _wait_for_log(federation: LocalFederation, run_id: int, text: str) -> None:
+    log_file = federation.follow_log(run_id)
+    deadline = time.monotonic() + RUN_LIMIT
+    while text not in log_file.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} never logged.\n" + federation.diagnostics(
+            run_id
+        )
+        time.sleep(0.5)
+
+
+def _finished(federation: LocalFederation, started: StartedRun) -> dict[str, object]:
+    status = federation.wait_run(started.run_id, timeout=RUN_LIMIT)
+    assert status == "finished:completed", federation.diagnostics(started.run_id)
+    return json.loads(started.results.read_text())
+
+
+# --- end to end on the deployment engine ---------------------------------------
+
+
+@deployment
+def test_rounds_end_at_the_kth_reply_and_leave_nothing_behind(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    started = federation.start_run(_run_config(tmp_path, "first-k"))
+    most_messages = _wait_for_results(federation, started)
+    leftovers = _run_messages(federation.database, started.run_id)
+    results = _finished(federation, started)
+    log = federation.run_log(started.run_id)
+    explain = f"{json.dumps(results['rounds'], indent=1)}\n{log[-3000:]}"
+
+    assert results["byzantine-partitions"] == [BYZANTINE]
+    assert results["straggler-partitions"] == [STRAGGLER]
+    rounds = results["rounds"]
+    assert [r["server_round"] for r in rounds] == [1, 2, 3], explain
+    for row in rounds:
+        # Each round closed at its k-th valid reply, never with the straggler's.
+        assert len(row["received_partitions"]) == K, explain
+        assert STRAGGLER not in row["received_partitions"], explain
+        if BYZANTINE in row["received_partitions"]:
+            assert BYZANTINE in row["rejected_partitions"], explain
+        assert 0 <= row["test_accuracy"] <= 1
+    assert any(BYZANTINE in r["received_partitions"] for r in rounds), explain
+    assert results["summary"]["byzantine-rejection-rate"] == 1.0, explain
+    # Round 1 sampled every node and closed without the straggler; its late
+    # replies were pulled and discarded (in their round or a later one, or at
+    # the end), so none is left unresolved.
+    assert rounds[0]["late_partitions"] == [STRAGGLER], explain
+    assert "still unresolved" not in log, explain
+    # Messages of the run were in the SuperLink's state while it ran, none after.
+    assert most_messages > 0
+    assert leftovers and not any(leftovers.values()), leftovers
+
+
+@deployment
+def test_unknown_and_insecure_supernodes_are_refused(federation: LocalFederation) -> None:
+    known = {str(n["node-id"]) for n in federation.list_nodes()}
+    online = federation.online_node_ids()
+    config = {"partition-id": 1, "num-partitions": NUM_SUPERNODES}
+    # A key pair the SuperLink never registered, over TLS.
+    unknown = federation.add_supernode(config, register=False, max_wait_time=10, wait=False)
+    # No TLS and no key at all.
+    plain = federation.add_supernode(config, insecure=True, max_wait_time=5, wait=False)
+    for supernode in (unknown, plain):
+        try:
+            supernode.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"SuperNode {supernode.index} was not refused:\n{supernode.log()[-2000:]}")
+
+    assert unknown.process.returncode != 0, unknown.log()
+    assert "Failed to activate SuperNode" in unknown.log(), unknown.log()
+    assert "No SuperNode found with the given public key" in federation.superlink_log()
+    assert plain.process.returncode != 0, plain.log()
+    assert "could not establish a connection" in plain.log(), plain.log()
+    assert {str(n["node-id"]) for n in federation.list_nodes()} == known
+    assert federation.online_node_ids() == online
+    # The SuperLink speaks TLS only.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{federation.address}/health", timeout=5)
+    assert not federation.insecure
+
+
+@deployment
+def test_a_stopped_server_app_resumes_after_its_last_checkpoint(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    checkpoints = pytest.importorskip("dstar_flwr.checkpoint")
+    overrides = _run_config(
+        tmp_path, "resumed", num_server_rounds=4, checkpoint_dir=str(tmp_path / "checkpoints")
+    )
+    path = tmp_path / "checkpoints" / "resumed.ckpt.npz"
+    started = federation.start_run(overrides)
+    deadline = time.monotonic() + RUN_LIMIT
+    while not (path.exists() and checkpoints.load_checkpoint(path).server_round >= 2):
+        assert time.monotonic() < deadline, federation.diagnostics(started.run_id)
+        time.sleep(0.2)
+    federation.stop_run(started.run_id)
+    status = federation.wait_run(started.run_id, timeout=60)
+    saved = checkpoints.load_checkpoint(path).server_round
+    assert status == "finished:stopped", federation.diagnostics(started.run_id)
+    assert 2 <= saved < 4, "the run got to its end before it was stopped"
+    assert not started.results.exists()
+
+    resumed = _finished(federation, federation.start_run({**overrides, "resume": True}))
+    explain = json.dumps(resumed["rounds"], indent=1)
+    # Every completed round is kept; the run continued after the last one.
+    assert resumed["resumed-after-round"] == saved, explain
+    assert [r["server_round"] for r in resumed["rounds"]] == [1, 2, 3, 4], explain
+    for row in resumed["rounds"]:
+        assert len(row["received_partitions"]) == K, explain
+        assert math.isfinite(row["test_accuracy"]), explain
+
+
+@deployment
+def test_the_run_completes_when_a_supernode_is_killed(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    # Runs last: the killed node stays "online" to the SuperLink until its
+    # heartbeats are overdue (up to a minute). With k = 3 = 2f + 1 the rounds
+    # never wait for it; the strategy's final drain waits until the SuperLink
+    # answers its last message with an error.
+    victim = 1
+    started = federation.start_run(_run_config(tmp_path, "killed", num_server_rounds=4, first_k=3))
+    _wait_for_log(federation, started.run_id, "dstar round 1:")
+    federation.kill_supernode(victim)
+    assert not federation.supernodes[victim].alive
+
+    results = _finished(federation, started)
+    rounds = results["rounds"]
+    explain = json.dumps(rounds, indent=1)
+    assert [r["server_round"] for r in rounds] == [1, 2, 3, 4], explain
+    for row in rounds:
+        assert not row["skipped"] and len(row["received_partitions"]) == 3, explain
+        assert math.isfinite(row["test_accuracy"]), explain
+    for row in rounds[2:]:
+        assert victim not in row["received_partitions"], explain
+
+
+# --- no federation needed -------------------------------------------------------
+
+
+def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(tmp_path: Path) -> None:
+    paths = generate_server_certificates(tmp_path, ["127.0.0.1", "localhost", "edge.example"])
+    ca = x509.load_pem_x509_certificate(paths.ca_certificate.read_bytes())
+    server = x509.load_pem_x509_certificate(paths.server_certificate.read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "edge.example"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert paths.server_key.stat().st_mode & 0o077 == 0
+    with pytest.raises(ValueError, match="at least one host"):
+        generate_server_certificates(tmp_path / "none", [])
+
+
+def test_supernode_keys_are_in_the_formats_flower_reads(tmp_path: Path) -> None:
+    keys = generate_supernode_keys(tmp_path, "supernode-0")
+    private = load_ssh_private_key(keys.private_key.read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    # What `flwr supernode register` stores must be this private key's public half.
+    registered = try_load_public_key(keys.public_key)
+    other = generate_supernode_keys(tmp_path, "supernode-1")
+    assert registered != try_load_public_key(other.public_key)
+    assert keys.private_key.stat().st_mode & 0o077 == 0
+
+
+def test_node_configs_parse_per_node_and_fail_with_the_fix() -> None:
+    parser = argparse.ArgumentParser()
+    configs = parse_node_configs(
+        parser, ["4:latency-seconds=3.0", "0,1:device='cpu' latency-seconds=0.5"], 5
+    )
+    assert configs == {
+        4: {"latency-seconds": 3.0},
+        0: {"device": "cpu", "latency-seconds": 0.5},
+        1: {"device": "cpu", "latency-seconds": 0.5},
+    }
+    for bad in ("5:latency-seconds=1.0", "latency-seconds=1.0", "x:device='cpu'"):
+        with pytest.raises(SystemExit):
+            parse_node_configs(parser, [bad], 5)
+
+
+def test_federation_settings_fail_fast() -> None:
+    with pytest.raises(ValueError, match=r"nodes are 0\.\.4"):
+        LocalFederation(5, node_configs={5: {"latency-seconds": 1.0}})
+    with pytest.raises(ValueError, match="num_supernodes"):
+        LocalFederation(0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_stop_process_tree_reaches_children_in_other_sessions(tmp_path: Path) -> None:
+    # Like Flower's SuperExec: a child started in a session of its own.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+        " start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    stop_process_tree(parent, timeout=5)
+    assert parent.poll() is not None
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
