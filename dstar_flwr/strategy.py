@@ -88,7 +88,10 @@ class DStar(FedAvg):
     skip_busy_nodes : bool (default: True)
         Under ``start``, do not sample a node whose message of an earlier round
         is still unanswered and unexpired: a straggler is not handed more work
-        than it can do, and no backlog of instructions builds up for it.
+        than it can do, and no backlog of instructions builds up for it. The
+        price: a round may then have no sampled node beyond its k, so a node
+        that dies in it holds the round until its reply, an error or the
+        deadline comes.
     fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
 min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
 train_metrics_aggr_fn, evaluate_metrics_aggr_fn

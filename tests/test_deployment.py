@@ -2,8 +2,14 @@
 
 One federation (TLS, SuperNode authentication) of a SuperLink and 5 SuperNodes
 serves the end-to-end tests: partition 0 is Byzantine, partition 4 straggles
-3 s per round, DStar keeps the first k = 4 replies. The quick tests of the
+10 s per round, DStar keeps the first k = 4 replies. The quick tests of the
 certificates, the CLI parsing and the process handling need no federation.
+
+Why 10 s and not less: an idle Flower 1.42 SuperNode asks the SuperLink for
+work every 3 s, so the nodes of one round start up to 3 s apart, and on a
+loaded 2-core machine their ClientApp processes (each imports torch) finish
+several seconds apart too. A 3 s straggler is then sometimes not the last to
+reply; 10 s is well past both.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from simulations.deploy import (
 NUM_SUPERNODES = 5
 BYZANTINE = 0
 STRAGGLER = 4
-STRAGGLER_SECONDS = 3.0
+STRAGGLER_SECONDS = 10.0
 K = 4
 RUN_LIMIT = 300.0  # seconds any one run may take before the test gives up
 
@@ -246,9 +252,13 @@ def test_the_run_completes_when_a_supernode_is_killed(
     federation: LocalFederation, tmp_path: Path
 ) -> None:
     # Runs last: the killed node stays "online" to the SuperLink until its
-    # heartbeats are overdue (up to a minute). With k = 3 = 2f + 1 the rounds
-    # never wait for it; the strategy's final drain waits until the SuperLink
-    # answers its last message with an error.
+    # heartbeats are overdue (up to a minute). A round that sampled it closes
+    # without it at the k-th reply if k others answer; if not (nodes busy with
+    # round 1 are not sampled, so round 2 may have no node to spare), the round
+    # closes when the SuperLink answers for the dead node and keeps the model
+    # when fewer than 2f + 1 = 3 valid replies came. Either way the run goes on,
+    # and later rounds no longer sample the dead node once the SuperLink has
+    # marked it offline.
     victim = 1
     started = federation.start_run(_run_config(tmp_path, "killed", num_server_rounds=4, first_k=3))
     _wait_for_log(federation, started.run_id, "dstar round 1:")
@@ -257,13 +267,17 @@ def test_the_run_completes_when_a_supernode_is_killed(
 
     results = _finished(federation, started)
     rounds = results["rounds"]
-    explain = json.dumps(rounds, indent=1)
+    explain = f"{json.dumps(rounds, indent=1)}\n{federation.run_log(started.run_id)[-6000:]}"
     assert [r["server_round"] for r in rounds] == [1, 2, 3, 4], explain
     for row in rounds:
-        assert not row["skipped"] and len(row["received_partitions"]) == 3, explain
         assert math.isfinite(row["test_accuracy"]), explain
+        assert row["skipped"] or len(row["received_partitions"]) == 3, explain
+    assert not rounds[0]["skipped"], explain
+    # At most the round under way when the node died misses its k-th reply.
+    assert sum(row["skipped"] for row in rounds) <= 1, explain
     for row in rounds[2:]:
         assert victim not in row["received_partitions"], explain
+    assert not rounds[-1]["skipped"], explain
 
 
 # --- no federation needed -------------------------------------------------------
