@@ -101,7 +101,13 @@ class Cell:
 
 @dataclass(frozen=True)
 class Grid:
-    """The axes of a grid."""
+    """The axes of a grid.
+
+    ``max_parallel`` caps the nodes whose messages run at once (see
+    :func:`~simulations.launch.run_simulation`); None runs every node at once, as
+    round times under stragglers need. The smoke grid, a check of the pipeline,
+    caps it to start faster.
+    """
 
     strategies: tuple[str, ...]
     attacks: tuple[str, ...]
@@ -112,6 +118,7 @@ class Grid:
     threat_models: tuple[str, ...]
     num_nodes: int
     rounds: int
+    max_parallel: int | None = None
 
     def cells(self) -> list[Cell]:
         """Every combination; with no Byzantine nodes the attack is moot, so it runs once."""
@@ -164,6 +171,7 @@ GRIDS: dict[str, Grid] = {
         threat_models=("omniscient",),
         num_nodes=5,
         rounds=2,
+        max_parallel=2,
     ),
     "small": Grid(
         strategies=("dstar", "fedavg", "krum", "fedmedian", "fltrust"),
@@ -241,7 +249,12 @@ def run_grid(grid: Grid, out: Path, *, progress: bool = True) -> list[Path]:
         overrides = cell.overrides(grid.num_nodes, grid.rounds)
         overrides.update({"results-dir": str(runs), "run-name": cell.cell_id})
         try:
-            run_simulation(overrides, num_supernodes=grid.num_nodes, quiet=True)
+            run_simulation(
+                overrides,
+                num_supernodes=grid.num_nodes,
+                quiet=True,
+                max_parallel=grid.max_parallel,
+            )
         except RuntimeError as error:
             # One failed cell must not lose the others; record it and go on.
             failure = {"cell": asdict(cell), "error": str(error)[-2000:]}

@@ -606,6 +606,38 @@ class LocalFederation:
                 )
             time.sleep(2 * POLL_INTERVAL)
 
+    def busy_supernodes(self) -> list[int]:
+        """Indices of the live SuperNodes working on a message, by their logs.
+
+        A SuperNode logs ``Receiving:`` for every message it pulls, then either
+        ``Sending:`` for its reply or, when the message's run is no longer
+        running, ``Ignoring message``.
+        """
+        busy = []
+        for supernode in self.supernodes:
+            log = supernode.log()
+            pending = (
+                log.count("Receiving:") - log.count("Sending:") - log.count("Ignoring message")
+            )
+            if supernode.alive and pending > 0:
+                busy.append(supernode.index)
+        return busy
+
+    def wait_idle(self, timeout: float = RUN_TIMEOUT) -> None:
+        """Wait until no SuperNode is working on a message (see :meth:`busy_supernodes`).
+
+        A stopped run's messages still run to their end on the nodes that had
+        pulled them; a run started at once finds those nodes busy and late.
+        """
+        deadline = time.monotonic() + timeout
+        while busy := self.busy_supernodes():
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"SuperNodes {busy} still work on a message after {timeout:.0f} s.\n"
+                    + self.diagnostics()
+                )
+            time.sleep(0.2)
+
     @staticmethod
     def _fail_if_exited(supernodes: Sequence[SuperNodeProcess]) -> None:
         for supernode in supernodes:

@@ -33,10 +33,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 
+from dstar_flwr.checkpoint import load_checkpoint
 from simulations.certificates import generate_server_certificates, generate_supernode_keys
 from simulations.deploy import (
+    DeploymentError,
     LocalFederation,
     StartedRun,
+    SuperNodeProcess,
     parse_node_configs,
     stop_process_tree,
 )
@@ -155,40 +158,6 @@ def _finished(federation: LocalFederation, started: StartedRun) -> dict[str, obj
 
 
 @deployment
-def test_rounds_end_at_the_kth_reply_and_leave_nothing_behind(
-    federation: LocalFederation, tmp_path: Path
-) -> None:
-    started = federation.start_run(_run_config(tmp_path, "first-k"))
-    most_messages = _wait_for_results(federation, started)
-    leftovers = _run_messages(federation.database, started.run_id)
-    results = _finished(federation, started)
-    log = federation.run_log(started.run_id)
-    explain = f"{json.dumps(results['rounds'], indent=1)}\n{log[-3000:]}"
-
-    assert results["byzantine-partitions"] == [BYZANTINE]
-    assert results["straggler-partitions"] == [STRAGGLER]
-    rounds = results["rounds"]
-    assert [r["server_round"] for r in rounds] == [1, 2, 3], explain
-    for row in rounds:
-        # Each round closed at its k-th valid reply, never with the straggler's.
-        assert len(row["received_partitions"]) == K, explain
-        assert STRAGGLER not in row["received_partitions"], explain
-        if BYZANTINE in row["received_partitions"]:
-            assert BYZANTINE in row["rejected_partitions"], explain
-        assert 0 <= row["test_accuracy"] <= 1
-    assert any(BYZANTINE in r["received_partitions"] for r in rounds), explain
-    assert results["summary"]["byzantine-rejection-rate"] == 1.0, explain
-    # Round 1 sampled every node and closed without the straggler; its late
-    # replies were pulled and discarded (in their round or a later one, or at
-    # the end), so none is left unresolved.
-    assert rounds[0]["late_partitions"] == [STRAGGLER], explain
-    assert "still unresolved" not in log, explain
-    # Messages of the run were in the SuperLink's state while it ran, none after.
-    assert most_messages > 0
-    assert leftovers and not any(leftovers.values()), leftovers
-
-
-@deployment
 def test_unknown_and_insecure_supernodes_are_refused(federation: LocalFederation) -> None:
     known = {str(n["node-id"]) for n in federation.list_nodes()}
     online = federation.online_node_ids()
@@ -217,34 +186,71 @@ def test_unknown_and_insecure_supernodes_are_refused(federation: LocalFederation
 
 
 @deployment
-def test_a_stopped_server_app_resumes_after_its_last_checkpoint(
+def test_first_k_rounds_survive_a_stop_and_resume_and_leave_nothing_behind(
     federation: LocalFederation, tmp_path: Path
 ) -> None:
-    checkpoints = pytest.importorskip("dstar_flwr.checkpoint")
-    overrides = _run_config(
-        tmp_path, "resumed", num_server_rounds=4, checkpoint_dir=str(tmp_path / "checkpoints")
-    )
-    path = tmp_path / "checkpoints" / "resumed.ckpt.npz"
-    started = federation.start_run(overrides)
+    """3 rounds of DStar, stopped after a checkpoint and resumed from it.
+
+    Every round, those before the stop and those after the resume, closes at
+    its k-th reply, rejects the Byzantine node and never aggregates the
+    straggler; the late replies are drained, and the resumed run leaves no
+    message behind in the SuperLink.
+    """
+    config = _run_config(tmp_path, "first-k", checkpoint_dir=str(tmp_path / "checkpoints"))
+    path = tmp_path / "checkpoints" / "first-k.ckpt.npz"
+    started = federation.start_run(config)
     deadline = time.monotonic() + RUN_LIMIT
-    while not (path.exists() and checkpoints.load_checkpoint(path).server_round >= 2):
+    while not (path.exists() and load_checkpoint(path).server_round >= 1):
         assert time.monotonic() < deadline, federation.diagnostics(started.run_id)
         time.sleep(0.2)
     federation.stop_run(started.run_id)
     status = federation.wait_run(started.run_id, timeout=60)
-    saved = checkpoints.load_checkpoint(path).server_round
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.server_round
     assert status == "finished:stopped", federation.diagnostics(started.run_id)
-    assert 2 <= saved < 4, "the run got to its end before it was stopped"
+    assert 1 <= saved < 3, "the run got to its end before it was stopped"
     assert not started.results.exists()
+    # The stopped run's messages still run to their end on the nodes; a run
+    # started at once would find those nodes busy (late, or with no role known).
+    federation.wait_idle(timeout=60)
 
-    resumed = _finished(federation, federation.start_run({**overrides, "resume": True}))
-    explain = json.dumps(resumed["rounds"], indent=1)
-    # Every completed round is kept; the run continued after the last one.
-    assert resumed["resumed-after-round"] == saved, explain
-    assert [r["server_round"] for r in resumed["rounds"]] == [1, 2, 3, 4], explain
-    for row in resumed["rounds"]:
+    resumed = federation.start_run({**config, "resume": True})
+    most_messages = _wait_for_results(federation, resumed)
+    leftovers = _run_messages(federation.database, resumed.run_id)
+    results = _finished(federation, resumed)
+    log = federation.run_log(resumed.run_id)
+    rounds = results["rounds"]
+    explain = f"{json.dumps(rounds, indent=1)}\n{log[-3000:]}"
+
+    # Every completed round is kept, as the stopped run checkpointed it.
+    assert results["resumed-after-round"] == saved, explain
+    assert [r["server_round"] for r in rounds] == [1, 2, 3], explain
+    kept = ("server_round", "received_partitions", "rejected_partitions", "test_accuracy")
+    saved_rows = checkpoint.state["rows"][:saved]
+    assert [{key: row[key] for key in kept} for row in rounds[:saved]] == [
+        {key: row[key] for key in kept} for row in saved_rows
+    ], explain
+    assert results["byzantine-partitions"] == [BYZANTINE]
+    assert results["straggler-partitions"] == [STRAGGLER]
+    for row in rounds:
+        # Each round closed at its k-th valid reply, never with the straggler's.
         assert len(row["received_partitions"]) == K, explain
-        assert math.isfinite(row["test_accuracy"]), explain
+        assert STRAGGLER not in row["received_partitions"], explain
+        if BYZANTINE in row["received_partitions"]:
+            assert BYZANTINE in row["rejected_partitions"], explain
+        assert 0 <= row["test_accuracy"] <= 1, explain
+    assert any(BYZANTINE in r["received_partitions"] for r in rounds), explain
+    assert results["summary"]["byzantine-rejection-rate"] == 1.0, explain
+    # Round 1 sampled every node and closed without the straggler. After the
+    # resume, the first round again samples every node (a new run: nothing is
+    # busy), so the straggler is late there too; its late replies are pulled
+    # and discarded (in their round, a later one or at the end), none unresolved.
+    assert rounds[0]["late_partitions"] == [STRAGGLER], explain
+    assert rounds[saved]["late_partitions"] == [STRAGGLER], explain
+    assert "still unresolved" not in log, explain
+    # Messages of the run were in the SuperLink's state while it ran, none after.
+    assert most_messages > 0
+    assert leftovers and not any(leftovers.values()), leftovers
 
 
 @deployment
@@ -260,7 +266,7 @@ def test_the_run_completes_when_a_supernode_is_killed(
     # and later rounds no longer sample the dead node once the SuperLink has
     # marked it offline.
     victim = 1
-    started = federation.start_run(_run_config(tmp_path, "killed", num_server_rounds=4, first_k=3))
+    started = federation.start_run(_run_config(tmp_path, "killed", first_k=3))
     _wait_for_log(federation, started.run_id, "dstar round 1:")
     federation.kill_supernode(victim)
     assert not federation.supernodes[victim].alive
@@ -268,7 +274,7 @@ def test_the_run_completes_when_a_supernode_is_killed(
     results = _finished(federation, started)
     rounds = results["rounds"]
     explain = f"{json.dumps(rounds, indent=1)}\n{federation.run_log(started.run_id)[-6000:]}"
-    assert [r["server_round"] for r in rounds] == [1, 2, 3, 4], explain
+    assert [r["server_round"] for r in rounds] == [1, 2, 3], explain
     for row in rounds:
         assert math.isfinite(row["test_accuracy"]), explain
         assert row["skipped"] or len(row["received_partitions"]) == 3, explain
@@ -328,6 +334,30 @@ def test_federation_settings_fail_fast() -> None:
         LocalFederation(5, node_configs={5: {"latency-seconds": 1.0}})
     with pytest.raises(ValueError, match="num_supernodes"):
         LocalFederation(0)
+
+
+def test_busy_supernodes_are_those_with_a_message_in_progress(tmp_path: Path) -> None:
+    federation = LocalFederation(3)
+    logs = {
+        0: "Receiving: train message\nSending: train message\n",  # done
+        1: "Receiving: train message\nSending: train message\nReceiving: train message\n",
+        2: "Receiving: train message\nRun ID 7 is not in `RUNNING` status. Ignoring message\n",
+    }
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for index, text in logs.items():
+            log_file = tmp_path / f"supernode-{index}.log"
+            log_file.write_text(text)
+            federation.supernodes.append(SuperNodeProcess(index, {}, sleeper, log_file))
+        assert federation.busy_supernodes() == [1]
+        with pytest.raises(DeploymentError, match=r"SuperNodes \[1\] still work on a message"):
+            federation.wait_idle(timeout=0.3)
+        (tmp_path / "supernode-1.log").write_text(logs[1] + "Sending: train message\n")
+        federation.wait_idle(timeout=5)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert federation.busy_supernodes() == []  # a dead SuperNode works on nothing
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
