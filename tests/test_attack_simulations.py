@@ -30,7 +30,7 @@ CLIENT_SIDE_SETTINGS = {
     "fast-byzantine": True,
 }
 OMNISCIENT_ATTACKS = "sign-flip,gaussian,alie,ipm,mimic,min-max,min-sum,non-finite"
-OMNISCIENT_SETTINGS = {"threat-model": "omniscient", "ipm-epsilon": 100.0}
+OMNISCIENT_SETTINGS = {"threat-model": "omniscient", "ipm-epsilon": 100.0, "alie-z": 1.5}
 HONEST_NODES = 4
 NUM_BYZANTINE = 2  # the strategies' f; most nodes are Byzantine, and the runs must still go on
 
