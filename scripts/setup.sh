@@ -11,4 +11,9 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[dev]"
+# uv installs the rest several times faster than pip (it sees the torch above and
+# keeps it); pip does it where uv cannot be installed or reach the index.
+if ! { python -m pip install --quiet uv && uv pip install --quiet -e ".[dev]"; }; then
+  echo "setup: uv failed; installing with pip" >&2
+  python -m pip install --quiet -e ".[dev]"
+fi

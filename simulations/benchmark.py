@@ -162,10 +162,10 @@ ALL_ATTACKS = (
 
 GRIDS: dict[str, Grid] = {
     "smoke": Grid(
-        strategies=("dstar", "fedavg"),
+        strategies=("dstar", "fltrust"),
         attacks=("gaussian", "sign-flip"),
         byzantine_fractions=(0.2,),
-        stragglers=("none",),
+        stragglers=("slow-20",),
         datasets=("digits",),
         seeds=(0,),
         threat_models=("omniscient",),

@@ -1,7 +1,14 @@
 """Shared test setup."""
 
+import os
+
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import settings
+
+# HYPOTHESIS_PROFILE=thorough runs 10x the property-test cases of the default suite.
+settings.register_profile("thorough", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,37 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path: Path) -> None:
     stamps = [path.stat().st_mtime for path in runs]
     assert benchmark.main(["--grid", "smoke", "--out", str(out), "--report", str(report)]) == 0
     assert [path.stat().st_mtime for path in runs] == stamps  # finished cells are skipped
+
+    # The runs themselves, end to end on Flower's engine: 5 nodes, partition 0
+    # Byzantine (omniscient), partition 4 a 3 s straggler.
+    for path in runs:
+        results = json.loads(path.read_text())
+        rounds = results["rounds"]
+        explain = f"{path.name}: {json.dumps(rounds, indent=1)}"
+        assert (results["byzantine-partitions"], results["straggler-partitions"]) == ([0], [4])
+        assert [r["server_round"] for r in rounds] == [1, 2], explain
+        for row in rounds:
+            assert 0 <= row["test_accuracy"] <= 1, explain
+            for key in ("cosine_to_honest", "rho", "relative_error"):
+                assert row[key] is not None and math.isfinite(row[key]), explain
+        if results["strategy"] == "dstar":
+            # First k = 4: the straggler is late in round 1 and, busy with that
+            # reply, not sent round 2; the Byzantine node is rejected.
+            assert rounds[0]["late_partitions"] == [4], explain
+            for row in rounds:
+                assert 4 not in row["received_partitions"], explain
+                assert 0 in row["rejected_partitions"], explain
+                assert row["cosine_to_honest"] > 0.5, explain
+                assert row["byzantine_recall"] == 1.0, explain
+                assert 0 < row["byzantine_precision"] <= 1, explain
+            assert results["summary"]["byzantine-rejection-rate"] == 1.0, explain
+        else:
+            # FLTrust waits for every node and gives the attacker (almost) no trust.
+            assert results["strategy"] == "fltrust"
+            for row in rounds:
+                assert row["received_partitions"] == [0, 1, 2, 3, 4], explain
+                assert row["cosine_to_honest"] > 0.9, explain
+                assert row["round_seconds"] is not None and row["round_seconds"] > 0, explain
 
 
 def test_axis_flags_replace_the_preset_axes(

@@ -20,7 +20,9 @@ from numpy.typing import NDArray
 from dstar_flwr import aggregation
 from dstar_flwr.aggregation import CENTERS, SCALES, DStarAggregation, dstar_aggregate
 
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
+# Cases per property: 100 in the default suite (Hypothesis' "default" profile),
+# HYPOTHESIS_PROFILE=thorough for 1,000 (see tests/conftest.py).
+PROPERTY_SETTINGS = settings(deadline=None)
 PATHS = ("numpy", "kernel")
 DTYPES = (np.float32, np.float64)
 
