@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check .
-python -m pytest -q "$@"
+# Two workers: the end-to-end runs mostly wait on process start-ups, so the
+# deployment tests (one worker, see tests/test_deployment.py) overlap the simulations.
+python -m pytest -q -n 2 --dist loadgroup "$@"

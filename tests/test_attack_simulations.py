@@ -5,7 +5,7 @@ The attacks are spread over the Byzantine partitions round-robin (run-config
 ``attack`` as a list), so that one run covers all of them. The FedAvg and
 MultiKrum runs are marked ``slow`` (``python -m pytest -m slow``): the default
 suite keeps the DStar run, and the smoke benchmark grid covers the omniscient
-threat model against FedAvg.
+threat model against DStar and FLTrust (against FedAvg: tests/test_omniscient.py).
 """
 
 import json

@@ -54,6 +54,8 @@ K = 3
 RUN_LIMIT = 300.0  # seconds any one run may take before the test gives up
 
 deployment = pytest.mark.deployment
+# With pytest-xdist, the tests of this module (and their federation) share one worker.
+pytestmark = pytest.mark.xdist_group("deployment")
 
 
 def _run_config(results_dir: Path, run_name: str, **overrides: object) -> dict[str, object]:
@@ -79,7 +81,9 @@ def _run_config(results_dir: Path, run_name: str, **overrides: object) -> dict[s
     return config
 
 
-@pytest.fixture(scope="module")
+# Session scope: with pytest-xdist, other modules' tests may run between these on
+# their worker, and a module fixture would then start a second federation.
+@pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """A SuperLink and 5 SuperNodes with TLS and authentication; node 4 straggles."""
     with LocalFederation(
