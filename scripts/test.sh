@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check .
-# Two workers: the end-to-end runs mostly wait on process start-ups, so the
-# deployment tests (one worker, see tests/test_deployment.py) overlap the simulations.
+# Two workers: the deployment tests (group "deployment") run on one, the simulations
+# (group "engine") on the other, the unit tests on whichever is free.
 python -m pytest -q -n 2 --dist loadgroup "$@"

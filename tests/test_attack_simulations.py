@@ -16,7 +16,8 @@ import pytest
 
 from simulations.launch import run_simulation
 
-pytestmark = pytest.mark.simulation
+# With pytest-xdist, the simulations keep to one worker, beside the deployment tests.
+pytestmark = [pytest.mark.simulation, pytest.mark.xdist_group("engine")]
 
 CLIENT_SIDE_ATTACKS = (
     "sign-flip,gaussian,label-flip,alie,ipm,mimic,min-max,min-sum,"

@@ -108,6 +108,7 @@ def test_markdown_table_formats_numbers() -> None:
 
 
 @pytest.mark.simulation
+@pytest.mark.xdist_group("engine")  # beside the deployment tests (see test_simulation.py)
 def test_smoke_grid_runs_resumes_and_reports(tmp_path: Path) -> None:
     out, report = tmp_path / "grid", tmp_path / "report.md"
     assert benchmark.main(["--grid", "smoke", "--out", str(out), "--report", str(report)]) == 0

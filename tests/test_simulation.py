@@ -8,7 +8,8 @@ import pytest
 
 from simulations.launch import run_simulation
 
-pytestmark = pytest.mark.simulation
+# With pytest-xdist, the simulations keep to one worker, beside the deployment tests.
+pytestmark = [pytest.mark.simulation, pytest.mark.xdist_group("engine")]
 
 
 def test_dstar_simulation_survives_crashes_dropouts_and_intermittent_nodes(
