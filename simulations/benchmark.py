@@ -2,7 +2,10 @@
 
 Every cell is one simulation on Flower's engine (see :mod:`simulations.launch`),
 written as ``<out>/runs/<cell-id>.json``; a cell whose file exists is skipped,
-so an interrupted grid resumes where it stopped. The rows (one per run) are
+so an interrupted grid resumes where it stopped. A cell whose simulation fails is
+run again (``--retries``, default 1); one that still fails leaves its errors in
+``<out>/runs/<cell-id>.failed.json``, is tried again by the next invocation, and
+makes the command exit with status 1 once the others are reported. The rows (one per run) are
 gathered into ``<out>/rows.csv`` and ``<out>/rows.json``, and a markdown report
 with tables and matplotlib figures is written.
 
@@ -12,7 +15,7 @@ Usage::
     python -m simulations.benchmark --grid full                  # every combination
     python -m simulations.benchmark --grid paper                 # Fashion-MNIST, CIFAR-10 (CNN)
     python -m simulations.benchmark --grid strong                # every strategy, 30% Byzantine
-    python -m simulations.benchmark --grid smoke --out /tmp/b    # 2 x 2 cells, 2 rounds (CI)
+    python -m simulations.benchmark --grid smoke --out /tmp/b    # DStar and FLTrust, 2 rounds (CI)
     python -m simulations.benchmark --report-only                # rebuild the report
 """
 
@@ -104,9 +107,9 @@ class Grid:
     """The axes of a grid.
 
     ``max_parallel`` caps the nodes whose messages run at once (see
-    :func:`~simulations.launch.run_simulation`); None runs every node at once, as
-    round times under stragglers need. The smoke grid, a check of the pipeline,
-    caps it to start faster.
+    :func:`~simulations.launch.run_simulation`); None, as in every preset, runs
+    every node at once, as round times under stragglers need. A cap starts faster
+    and takes less memory, for grids of many nodes whose round times do not matter.
     """
 
     strategies: tuple[str, ...]
@@ -163,7 +166,7 @@ ALL_ATTACKS = (
 GRIDS: dict[str, Grid] = {
     "smoke": Grid(
         strategies=("dstar", "fltrust"),
-        attacks=("gaussian", "sign-flip"),
+        attacks=("sign-flip",),
         byzantine_fractions=(0.2,),
         stragglers=("slow-20",),
         datasets=("digits",),
@@ -171,7 +174,6 @@ GRIDS: dict[str, Grid] = {
         threat_models=("omniscient",),
         num_nodes=5,
         rounds=2,
-        max_parallel=2,
     ),
     "small": Grid(
         strategies=("dstar", "fedavg", "krum", "fedmedian", "fltrust"),
@@ -233,34 +235,52 @@ def dataset_unavailable(name: str) -> str | None:
     return None
 
 
-def run_grid(grid: Grid, out: Path, *, progress: bool = True) -> list[Path]:
-    """Run every cell that has no results file yet; return all the cells' files."""
+def run_grid(grid: Grid, out: Path, *, progress: bool = True, retries: int = 1) -> list[str]:
+    """Run every cell that has no results file yet; return the ids of the cells that failed.
+
+    A cell whose simulation fails (the run exits with an error or writes no results,
+    as when the engine or the SuperLink dies under load) is run again, up to
+    ``retries`` more times, and every failed attempt is printed. One that fails every
+    time leaves its errors in ``<cell-id>.failed.json`` and the grid goes on: one
+    failed cell must not lose the others, and the next invocation tries it again.
+    """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}.")
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    paths = []
-    cells = grid.cells()
-    bar = tqdm(cells, desc="benchmark", unit="run", disable=not progress)
+    failed = []
+    bar = tqdm(grid.cells(), desc="benchmark", unit="run", disable=not progress)
     for cell in bar:
-        path = runs / f"{cell.cell_id}.json"
-        paths.append(path)
-        if path.exists():
+        failure_path = runs / f"{cell.cell_id}.failed.json"
+        if (runs / f"{cell.cell_id}.json").exists():
             continue
         bar.set_postfix_str(cell.cell_id, refresh=True)
         overrides = cell.overrides(grid.num_nodes, grid.rounds)
         overrides.update({"results-dir": str(runs), "run-name": cell.cell_id})
-        try:
-            run_simulation(
-                overrides,
-                num_supernodes=grid.num_nodes,
-                quiet=True,
-                max_parallel=grid.max_parallel,
-            )
-        except RuntimeError as error:
-            # One failed cell must not lose the others; record it and go on.
-            failure = {"cell": asdict(cell), "error": str(error)[-2000:]}
-            (runs / f"{cell.cell_id}.failed.json").write_text(json.dumps(failure, indent=2))
-            tqdm.write(f"cell {cell.cell_id} failed; see {cell.cell_id}.failed.json")
-    return paths
+        errors = []
+        for attempt in range(1, retries + 2):
+            try:
+                run_simulation(
+                    overrides,
+                    num_supernodes=grid.num_nodes,
+                    quiet=True,
+                    max_parallel=grid.max_parallel,
+                )
+            except RuntimeError as error:
+                errors.append(str(error)[-2000:])
+                tqdm.write(
+                    f"cell {cell.cell_id}: attempt {attempt} of {retries + 1} failed:\n"
+                    f"{errors[-1][-600:]}"
+                )
+                continue
+            failure_path.unlink(missing_ok=True)
+            break
+        else:
+            failure = {"cell": asdict(cell), "errors": errors}
+            failure_path.write_text(json.dumps(failure, indent=2))
+            tqdm.write(f"cell {cell.cell_id} failed; see {failure_path}")
+            failed.append(cell.cell_id)
+    return failed
 
 
 def _number(value: object) -> float:
@@ -333,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="markdown report")
     parser.add_argument("--report-only", action="store_true", help="rebuild rows and report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="run a failed cell again this many times before recording it as failed",
+    )
     axes = parser.add_argument_group("axes", "replace one axis of the preset grid")
     axes.add_argument("--strategies", nargs="+", choices=ALL_STRATEGIES)
     axes.add_argument("--attacks", nargs="+", choices=(*ALL_ATTACKS, "none"))
@@ -359,9 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         if not grid.datasets:
             print("no dataset of this grid is available here; nothing to run")
             return 0
+    if args.retries < 0:
+        parser.error("--retries is >= 0")
     started = time.monotonic()
-    if not args.report_only:
-        run_grid(grid, args.out, progress=not args.no_progress)
+    failed = (
+        []
+        if args.report_only
+        else run_grid(grid, args.out, progress=not args.no_progress, retries=args.retries)
+    )
     rows = collect_rows(args.out)
     if not rows:
         parser.error(f"no finished runs under {args.out}/runs")
@@ -381,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(rows)} runs in {args.out}; report {args.report} ({time.monotonic() - started:.0f} s)"
     )
+    if failed:
+        print(f"{len(failed)} cells failed (run the command again to retry them): {failed}")
+        return 1
     return 0
 
 

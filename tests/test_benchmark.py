@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -107,13 +108,68 @@ def test_markdown_table_formats_numbers() -> None:
     assert table.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |", "| y | — |"]
 
 
+def test_a_failed_cell_is_retried_recorded_and_fails_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = replace(GRIDS["smoke"], strategies=("dstar", "fltrust", "fedavg"))
+    attempts: list[str] = []
+
+    def run_simulation(overrides: dict[str, object], **_: object) -> Path:
+        name = str(overrides["run-name"])
+        attempts.append(name)
+        if name.startswith("fltrust") or (name.startswith("dstar") and attempts.count(name) == 1):
+            raise RuntimeError(f"`flwr run` failed (exit 1) for {name}")
+        path = Path(str(overrides["results-dir"])) / f"{name}.json"
+        _fake_result(path, str(overrides["strategy"]), "sign-flip", 1, 0.9)
+        return path
+
+    monkeypatch.setattr(benchmark, "run_simulation", run_simulation)
+    monkeypatch.setattr(benchmark, "GRIDS", {**GRIDS, "smoke": grid})
+    out = tmp_path / "grid"
+    argv = ["--grid", "smoke", "--out", str(out), "--report", str(tmp_path / "r.md")]
+    assert benchmark.main(argv) == 1
+    dstar, fltrust, fedavg = (cell.cell_id for cell in grid.cells())
+    # One retry each: DStar's second attempt succeeds, FLTrust fails both.
+    assert attempts == [dstar, dstar, fltrust, fltrust, fedavg]
+    runs = out / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        [f"{dstar}.json", f"{fltrust}.failed.json", f"{fedavg}.json"]
+    )
+    failure = json.loads((runs / f"{fltrust}.failed.json").read_text())
+    assert len(failure["errors"]) == 2 and "exit 1" in failure["errors"][0]
+    printed = capsys.readouterr()
+    assert f"cell {dstar}: attempt 1 of 2 failed" in printed.out
+    assert f"1 cells failed (run the command again to retry them): ['{fltrust}']" in printed.out
+    assert len(json.loads((out / "rows.json").read_text())) == 2  # the others are reported
+
+    # The next invocation runs only the failed cell; once it succeeds, its record goes.
+    attempts.clear()
+    monkeypatch.setattr(benchmark, "run_simulation", lambda o, **_: _succeed(o, attempts))
+    assert benchmark.main([*argv, "--retries", "0"]) == 0
+    assert attempts == [fltrust]
+    assert not (runs / f"{fltrust}.failed.json").exists() and (runs / f"{fltrust}.json").exists()
+    with pytest.raises(SystemExit):
+        benchmark.main([*argv, "--retries", "-1"])
+
+
+def _succeed(overrides: dict[str, object], attempts: list[str]) -> Path:
+    name = str(overrides["run-name"])
+    attempts.append(name)
+    path = Path(str(overrides["results-dir"])) / f"{name}.json"
+    _fake_result(path, str(overrides["strategy"]), "sign-flip", 1, 0.9)
+    return path
+
+
 @pytest.mark.simulation
 @pytest.mark.xdist_group("engine")  # beside the deployment tests (see test_simulation.py)
 def test_smoke_grid_runs_resumes_and_reports(tmp_path: Path) -> None:
     out, report = tmp_path / "grid", tmp_path / "report.md"
-    assert benchmark.main(["--grid", "smoke", "--out", str(out), "--report", str(report)]) == 0
+    status = benchmark.main(["--grid", "smoke", "--out", str(out), "--report", str(report)])
+    failures = {p.name: p.read_text() for p in (out / "runs").glob("*.failed.json")}
+    assert not failures, failures
+    assert status == 0
     runs = sorted((out / "runs").glob("*.json"))
-    assert len(runs) == len(GRIDS["smoke"].cells()) == 4
+    assert len(runs) == len(GRIDS["smoke"].cells()) == 2
     assert (out / "rows.csv").exists() and (out / "rows.json").exists()
     assert "## Accuracy under attack" in report.read_text()
     assert list((tmp_path / "figures").glob("*.png"))
@@ -122,7 +178,7 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path: Path) -> None:
     assert [path.stat().st_mtime for path in runs] == stamps  # finished cells are skipped
 
     # The runs themselves, end to end on Flower's engine: 5 nodes, partition 0
-    # Byzantine (omniscient), partition 4 a 3 s straggler.
+    # Byzantine (omniscient sign-flip), partition 4 a 3 s straggler.
     for path in runs:
         results = json.loads(path.read_text())
         rounds = results["rounds"]
@@ -157,7 +213,7 @@ def test_axis_flags_replace_the_preset_axes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[Grid] = []
-    monkeypatch.setattr(benchmark, "run_grid", lambda grid, out, progress: seen.append(grid))
+    monkeypatch.setattr(benchmark, "run_grid", lambda grid, out, **_: seen.append(grid))
     argv = ["--grid", "strong", "--out", str(tmp_path), "--strategies", "dstar", "krum"]
     with pytest.raises(SystemExit):  # nothing ran, so there is nothing to report
         benchmark.main([*argv, "--byzantine-fractions", "0.1", "0.2", "--seeds", "3"])
@@ -172,7 +228,7 @@ def test_axis_flags_replace_the_preset_axes(
 def test_unavailable_datasets_are_skipped_with_their_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run_grid(grid: Grid, out: Path, progress: bool) -> None:
+    def run_grid(grid: Grid, out: Path, **_: object) -> None:
         raise AssertionError(f"nothing should run, got {grid.datasets}")
 
     monkeypatch.setattr(benchmark, "run_grid", run_grid)
