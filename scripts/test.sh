@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check .
-# Two workers: the deployment tests (group "deployment") run on one, the simulations
-# (group "engine") on the other, the unit tests on whichever is free.
+# Two workers: the end-to-end tests (group "e2e": simulations and the deployment) run
+# one at a time on one worker, the unit tests on the other.
 python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -16,8 +16,9 @@ import pytest
 
 from simulations.launch import run_simulation
 
-# With pytest-xdist, the simulations keep to one worker, beside the deployment tests.
-pytestmark = [pytest.mark.simulation, pytest.mark.xdist_group("engine")]
+# With pytest-xdist, one worker runs the end-to-end tests one at a time (see
+# test_deployment.py).
+pytestmark = [pytest.mark.simulation, pytest.mark.xdist_group("e2e")]
 
 CLIENT_SIDE_ATTACKS = (
     "sign-flip,gaussian,label-flip,alie,ipm,mimic,min-max,min-sum,"

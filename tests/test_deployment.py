@@ -54,8 +54,11 @@ K = 3
 RUN_LIMIT = 300.0  # seconds any one run may take before the test gives up
 
 deployment = pytest.mark.deployment
-# With pytest-xdist, the tests of this module (and their federation) share one worker.
-pytestmark = pytest.mark.xdist_group("deployment")
+# With pytest-xdist, the end-to-end tests (these, with their federation, and the
+# simulations) share one worker and run one at a time: beside each other, their
+# SuperNodes, ClientApp processes and Ray workers starve 2 cores past Flower's and
+# Ray's start-up and round deadlines.
+pytestmark = pytest.mark.xdist_group("e2e")
 
 
 def _run_config(results_dir: Path, run_name: str, **overrides: object) -> dict[str, object]:
