@@ -16,9 +16,7 @@ import pytest
 
 from simulations.launch import run_simulation
 
-# With pytest-xdist, one worker runs the end-to-end tests one at a time (see
-# test_deployment.py).
-pytestmark = [pytest.mark.simulation, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.simulation
 
 CLIENT_SIDE_ATTACKS = (
     "sign-flip,gaussian,label-flip,alie,ipm,mimic,min-max,min-sum,"

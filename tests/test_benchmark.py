@@ -161,7 +161,6 @@ def _succeed(overrides: dict[str, object], attempts: list[str]) -> Path:
 
 
 @pytest.mark.simulation
-@pytest.mark.xdist_group("e2e")  # one end-to-end test at a time (see test_deployment.py)
 def test_smoke_grid_runs_resumes_and_reports(tmp_path: Path) -> None:
     out, report = tmp_path / "grid", tmp_path / "report.md"
     status = benchmark.main(["--grid", "smoke", "--out", str(out), "--report", str(report)])

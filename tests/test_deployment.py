@@ -54,11 +54,6 @@ K = 3
 RUN_LIMIT = 300.0  # seconds any one run may take before the test gives up
 
 deployment = pytest.mark.deployment
-# With pytest-xdist, the end-to-end tests (these, with their federation, and the
-# simulations) share one worker and run one at a time: beside each other, their
-# SuperNodes, ClientApp processes and Ray workers starve 2 cores past Flower's and
-# Ray's start-up and round deadlines.
-pytestmark = pytest.mark.xdist_group("e2e")
 
 
 def _run_config(results_dir: Path, run_name: str, **overrides: object) -> dict[str, object]:
@@ -84,8 +79,7 @@ def _run_config(results_dir: Path, run_name: str, **overrides: object) -> dict[s
     return config
 
 
-# Session scope: with pytest-xdist, other modules' tests may run between these on
-# their worker, and a module fixture would then start a second federation.
+# Session scope: one federation for the deployment tests, in whatever order they run.
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """A SuperLink and 5 SuperNodes with TLS and authentication; node 4 straggles."""

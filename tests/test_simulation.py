@@ -8,9 +8,7 @@ import pytest
 
 from simulations.launch import run_simulation
 
-# With pytest-xdist, one worker runs the end-to-end tests one at a time (see
-# test_deployment.py).
-pytestmark = [pytest.mark.simulation, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.simulation
 
 
 def test_dstar_simulation_survives_crashes_dropouts_and_intermittent_nodes(
