@@ -61,6 +61,9 @@ def test_dstar_simulation_survives_crashes_dropouts_and_intermittent_nodes(
     assert any(0 in r["received_partitions"] for r in rounds), explain
 
 
+# The strategy's deadline and its record of the late are unit-tested on a scripted grid
+# (tests/test_diagnostics.py); this is the same on Flower's engine, with the slow tests.
+@pytest.mark.slow
 def test_fedavg_timeout_ends_rounds_at_the_deadline(tmp_path: Path) -> None:
     path = run_simulation(
         {
