@@ -2,11 +2,11 @@
 
 Every cell is one simulation on Flower's engine (see :mod:`simulations.launch`),
 written as ``<out>/runs/<cell-id>.json``; a cell whose file exists is skipped,
-so an interrupted grid resumes where it stopped. A cell whose simulation fails is
-run again (``--retries``, default 1); one that still fails leaves its errors in
-``<out>/runs/<cell-id>.failed.json``, is tried again by the next invocation, and
-makes the command exit with status 1 once the others are reported. The rows (one per run) are
-gathered into ``<out>/rows.csv`` and ``<out>/rows.json``, and a markdown report
+so an interrupted grid resumes where it stopped. A cell whose simulation fails
+is run again (``--retries``, default 1); one that still fails leaves its errors
+in ``<out>/runs/<cell-id>.failed.json``, is tried again by the next invocation,
+and makes the command exit with status 1 once the others are reported. The rows
+(one per run) are gathered into ``<out>/rows.csv`` and ``<out>/rows.json``, and a markdown report
 with tables and matplotlib figures is written.
 
 Usage::
