@@ -22,7 +22,9 @@ float64 and returns the rows' float dtype (float32 at least).
 
 Built-in attacks (:data:`VECTOR_ATTACKS`): ``none``, ``sign-flip``,
 ``gaussian``, ``alie``, ``ipm``, ``mimic``, ``min-max``, ``min-sum``,
-``non-finite``. Two attacks are not vector functions: ``label-flip``
+``non-finite``, and the rule-tailored ``tailored-<rule>`` for each rule of
+:data:`TAILORED_RULE_NAMES` (:mod:`clients.tailored`, imported when first
+used). Two attacks are not vector functions: ``label-flip``
 (:data:`DATA_ATTACKS`, the node trains on flipped labels) and ``malformed``
 (:data:`REPLY_ATTACKS`, the node replies with broken content, see
 :mod:`clients.malformed`). Both always act at the node, under either threat
@@ -51,9 +53,16 @@ MIN_SUM_BOUNDS: tuple[str, ...] = ("max", "min")
 NON_FINITE_VALUES: tuple[str, ...] = ("nan", "inf")
 DATA_ATTACKS: frozenset[str] = frozenset({"label-flip"})
 REPLY_ATTACKS: frozenset[str] = frozenset({"malformed"})
+# The rules a ``tailored-<rule>`` attack knows (clients.tailored.TAILORED_RULES).
+TAILORED_RULE_NAMES: tuple[str, ...] = (
+    "dstar", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "fltrust",
+)  # fmt: skip
+TAILORED_ATTACKS: tuple[str, ...] = tuple(f"tailored-{rule}" for rule in TAILORED_RULE_NAMES)
 # Built-in attacks that need the spread of several honest updates: under the
 # client threat model they need attack-estimation-batches >= 2.
-SPREAD_ATTACKS: frozenset[str] = frozenset({"alie", "mimic", "min-max", "min-sum"})
+SPREAD_ATTACKS: frozenset[str] = frozenset(
+    {"alie", "mimic", "min-max", "min-sum", *TAILORED_ATTACKS}
+)
 
 # Shejwalkar & Houmansadr's search: gamma starts at 10, first step 5, tolerance 1e-5.
 GAMMA_INIT = 10.0
@@ -91,6 +100,20 @@ class AttackParams:
         ``min-sum-bound``: the right-hand side of Min-Sum's constraint,
         "max" (``max_i sum_j ||x_i - x_j||^2``, the paper) or "min"
         (``min_i sum_j``, the authors' released code).
+    tailored_direction : str
+        ``tailored-direction``: the perturbation ``p`` of the ``tailored-*``
+        attacks (they send ``mu - gamma * p``): "unit", "sign" or "std".
+    tailored_surrogates : int
+        ``tailored-surrogates`` S >= 1: surrogate server updates drawn from
+        ``N(mu, diag(sigma^2))`` by ``tailored-dstar`` and ``tailored-fltrust``
+        in place of the server's validation (root) update, which they never see.
+    tailored_quorum : int
+        ``tailored-quorum``, ``0 <= q <= S``: how many surrogates must accept the
+        copies; 0 = a majority, ``S // 2 + 1``.
+    tailored_trim_beta : float
+        ``tailored-trim-beta`` in ``[0, 0.5)``: the server's FedTrimmedAvg beta
+        that ``tailored-fedtrimmedavg`` assumes (0.2, Flower's default, which
+        the experiments use); 0 = cut exactly f values at each end.
     non_finite_value : str
         ``non-finite-value``: "nan" or "inf" (+inf).
     non_finite_fraction : float
@@ -107,6 +130,10 @@ class AttackParams:
         "omniscient" (Byzantine nodes reply honestly and the server-side
         wrapper replaces their replies; data and reply attacks still act at
         the node).
+    claimed_num_examples : int
+        ``claimed-num-examples`` >= 0: the ``num-examples`` every Byzantine
+        node reports in its training replies, whatever it sends and under
+        either threat model (example-count inflation); 0 = its true count.
     """
 
     attacks: tuple[str, ...] = ("none",)
@@ -116,11 +143,16 @@ class AttackParams:
     ipm_epsilon: float = 0.1
     min_max_direction: str = "unit"
     min_sum_bound: str = "max"
+    tailored_direction: str = "unit"
+    tailored_surrogates: int = 5
+    tailored_quorum: int = 0
+    tailored_trim_beta: float = 0.2
     non_finite_value: str = "nan"
     non_finite_fraction: float = 1.0
     malformed_kind: str = "wrong-shape"
     estimation_batches: int = 1
     threat_model: str = "client"
+    claimed_num_examples: int = 0
 
     def __post_init__(self) -> None:
         names = self.attacks
@@ -139,6 +171,20 @@ class AttackParams:
         )
         _check_choice(self.min_max_direction, "min-max-direction", PERTURBATION_DIRECTIONS)
         _check_choice(self.min_sum_bound, "min-sum-bound", MIN_SUM_BOUNDS)
+        _check_choice(self.tailored_direction, "tailored-direction", PERTURBATION_DIRECTIONS)
+        _check_integer(self.tailored_surrogates, "tailored-surrogates", 1, "e.g. 5")
+        _check_integer(self.tailored_quorum, "tailored-quorum", 0, "0 = a majority")
+        if self.tailored_quorum > self.tailored_surrogates:
+            raise ValueError(
+                f"tailored-quorum = {self.tailored_quorum} exceeds tailored-surrogates = "
+                f"{self.tailored_surrogates}; set it to at most that, or 0 for a majority"
+            )
+        if not (_is_number(self.tailored_trim_beta) and 0.0 <= self.tailored_trim_beta < 0.5):
+            raise ValueError(
+                "tailored-trim-beta must be in [0, 0.5) (0.2 = Flower's FedTrimmedAvg default, "
+                f"0 = cut f at each end), got {self.tailored_trim_beta!r}"
+            )
+        _check_integer(self.claimed_num_examples, "claimed-num-examples", 0, "0 = honest count")
         _check_choice(self.non_finite_value, "non-finite-value", NON_FINITE_VALUES)
         if not (_is_number(self.non_finite_fraction) and 0.0 < self.non_finite_fraction <= 1.0):
             raise ValueError(
@@ -174,8 +220,11 @@ class AttackParams:
         run_config : Mapping[str, object]
             ``context.run_config``: ``attack``, ``attack-scale``,
             ``gaussian-mode``, ``alie-z``, ``ipm-epsilon``, ``min-max-direction``,
-            ``min-sum-bound``, ``non-finite-value``, ``non-finite-fraction``,
-            ``malformed-kind``, ``attack-estimation-batches``, ``threat-model``.
+            ``min-sum-bound``, ``tailored-direction``, ``tailored-surrogates``,
+            ``tailored-quorum``, ``tailored-trim-beta``, ``non-finite-value``,
+            ``non-finite-fraction``, ``malformed-kind``,
+            ``attack-estimation-batches``, ``threat-model``,
+            ``claimed-num-examples``.
 
         Returns
         -------
@@ -190,11 +239,16 @@ class AttackParams:
             ipm_epsilon=read_float(run_config, "ipm-epsilon"),
             min_max_direction=read_str(run_config, "min-max-direction"),
             min_sum_bound=read_str(run_config, "min-sum-bound"),
+            tailored_direction=read_str(run_config, "tailored-direction"),
+            tailored_surrogates=read_int(run_config, "tailored-surrogates"),
+            tailored_quorum=read_int(run_config, "tailored-quorum"),
+            tailored_trim_beta=read_float(run_config, "tailored-trim-beta"),
             non_finite_value=read_str(run_config, "non-finite-value"),
             non_finite_fraction=read_float(run_config, "non-finite-fraction"),
             malformed_kind=read_str(run_config, "malformed-kind"),
             estimation_batches=read_int(run_config, "attack-estimation-batches"),
             threat_model=read_str(run_config, "threat-model"),
+            claimed_num_examples=read_int(run_config, "claimed-num-examples"),
         )
 
     def attack_for_rank(self, rank: int) -> str:
@@ -863,6 +917,36 @@ def non_finite(honest_updates: np.ndarray, context: AttackContext) -> np.ndarray
     return vector
 
 
+def tailored(rule: str) -> VectorAttack:
+    """The vector attack ``tailored-<rule>``: Shejwalkar & Houmansadr's AGR-tailored attack.
+
+    Sends ``mu - gamma * p`` (``p`` from ``params.tailored_direction``) with the
+    gamma tailored to ``rule``; see :func:`clients.tailored.tailored_vector_attack`
+    (imported on the first call: :mod:`clients.tailored` imports this module).
+
+    Parameters
+    ----------
+    rule : str
+        One of :data:`TAILORED_RULE_NAMES`.
+
+    Returns
+    -------
+    VectorAttack
+        The attack.
+    """
+    if rule not in TAILORED_RULE_NAMES:
+        raise ValueError(f"unknown tailored rule {rule!r}; use one of {TAILORED_RULE_NAMES}")
+
+    def attack(honest_updates: np.ndarray, context: AttackContext) -> np.ndarray:
+        from clients.tailored import tailored_vector_attack  # here: it imports this module
+
+        return tailored_vector_attack(honest_updates, context, rule)
+
+    attack.__name__ = attack.__qualname__ = f"tailored_{rule}"
+    attack.__doc__ = f"The AGR-tailored attack on {rule} (see :func:`tailored`)."
+    return attack
+
+
 VECTOR_ATTACKS: dict[str, VectorAttack] = {
     "none": no_attack,
     "sign-flip": sign_flip,
@@ -873,6 +957,7 @@ VECTOR_ATTACKS: dict[str, VectorAttack] = {
     "min-max": min_max,
     "min-sum": min_sum,
     "non-finite": non_finite,
+    **{f"tailored-{rule}": tailored(rule) for rule in TAILORED_RULE_NAMES},
 }
 
 
@@ -1032,6 +1117,11 @@ def _check_number(
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
         extra = f" ({hint})" if hint else ""
         raise ValueError(f"{key} must be a finite number{bound}{extra}, got {value!r}")
+
+
+def _check_integer(value: object, key: str, minimum: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum} ({hint}), got {value!r}")
 
 
 def _check_choice(value: object, key: str, choices: tuple[str, ...]) -> None:

@@ -32,7 +32,9 @@ class TrainResult:
     train_loss : float
         Mean loss of its local training.
     num_examples : int
-        Size of its partition.
+        The example count it reports: the size of its partition, or a
+        Byzantine node's run-config ``claimed-num-examples`` when that is > 0
+        (see :func:`reported_num_examples`).
     compute_seconds : float
         Wall-clock time of its local training.
     delay_seconds : float
@@ -150,7 +152,34 @@ def run_train_round(
         )
     if delay > 0:
         sleep(delay)
-    return TrainResult(local_arrays, train_loss, len(y), compute_seconds, delay)
+    num_examples = reported_num_examples(settings, len(y))
+    return TrainResult(local_arrays, train_loss, num_examples, compute_seconds, delay)
+
+
+def reported_num_examples(settings: NodeSettings, num_examples: int) -> int:
+    """The example count a node reports with its update: its own, or a Byzantine claim.
+
+    Example-count inflation: a Byzantine node reports run-config
+    ``claimed-num-examples`` (when > 0) with whatever it sends, under either
+    threat model (the omniscient adversary replaces the arrays, not the
+    metrics), so that count-weighted rules give its update that weight. Honest
+    nodes, and Byzantine ones with ``claimed-num-examples = 0``, report the
+    true count.
+
+    Parameters
+    ----------
+    settings : NodeSettings
+        The node's settings.
+    num_examples : int
+        The size of its partition.
+
+    Returns
+    -------
+    int
+        The count for the reply's ``num-examples``.
+    """
+    claim = settings.attack.claimed_num_examples
+    return claim if settings.role.is_byzantine and claim > 0 else num_examples
 
 
 def run_evaluate(settings: NodeSettings, arrays: ArrayRecord) -> tuple[float, float, int]:

@@ -31,9 +31,13 @@ from numpy.typing import NDArray
 
 ScaleName = Literal["median", "validation", "max"]
 CenterName = Literal["ensemble", "clients"]
+VariantName = Literal["anchored", "paper"]
 
 SCALES: tuple[str, ...] = ("median", "validation", "max")
 CENTERS: tuple[str, ...] = ("ensemble", "clients")
+VARIANTS: tuple[str, ...] = ("anchored", "paper")
+
+DEFAULT_MAX_ROBUST_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -618,37 +622,134 @@ def _checked_weights(weights: Sequence[float] | None, count: int) -> NDArray[np.
     return array / largest if largest > 0 else array
 
 
-def clip_weights(weights: NDArray[np.float64], max_ratio: float | None) -> NDArray[np.float64]:
-    """Clip weights to ``max_ratio`` times their median (None: no clipping).
+def qn_scale(values: NDArray[np.float64]) -> float:
+    """Rousseeuw and Croux's Qn: a robust scale from the pairwise differences.
 
-    Stops one reply from dominating the mean by claiming a huge example count.
+    The ``h (h - 1) / 2``-th smallest of the ``|x_i - x_j|`` (``h = n // 2 + 1``),
+    times 2.2219 and a small-sample correction, estimates a normal sample's
+    standard deviation, with 82% efficiency (the MAD's is 37%, so a band from
+    the MAD rejects more honest updates by chance). Values far out cannot
+    blow it up: they only add large differences above the order statistic it
+    takes. O(n^2) on the n deviations (not on the updates).
     """
-    if max_ratio is None or weights.size == 0:
-        return weights
-    return np.minimum(weights, max_ratio * float(np.median(weights)))
+    count = len(values)
+    if count < 2:
+        return 0.0
+    differences = np.abs(values[:, None] - values[None, :])[np.triu_indices(count, 1)]
+    half = count // 2 + 1
+    rank = half * (half - 1) // 2
+    order = float(np.partition(differences, rank - 1)[rank - 1])
+    small = {2: 0.399, 3: 0.994, 4: 0.512, 5: 0.844, 6: 0.611, 7: 0.857, 8: 0.669, 9: 0.872}
+    correction = small.get(count, count / (count + 1.4) if count % 2 else count / (count + 3.8))
+    return 2.2219 * correction * order
 
 
-# pylint: disable=too-many-arguments,too-many-locals
+def robust_spread(values: NDArray[np.float64]) -> tuple[float, float]:
+    """The median of ``values`` and their Qn scale (see :func:`qn_scale`).
+
+    Neither can be blown up by fewer than half of the values: with ``f < k / 2``
+    Byzantine values both stay within what the honest values alone allow. A
+    cluster of identical values can shrink the scale (it can for every robust
+    scale), which makes the filter stricter: it costs honest updates, and gives
+    the cluster, which must itself lie within the band, a larger share.
+    """
+    finite = values[np.isfinite(values)]
+    return float(np.median(values)), qn_scale(finite) if len(finite) == len(values) else float(
+        qn_scale(np.where(np.isfinite(values), values, np.finfo(np.float64).max))
+    )
+
+
+def threshold_floor(scale: float, magnitude: float, dtype: np.dtype[Any]) -> float:
+    """The smallest threshold: a rounding-size margin above the scale.
+
+    Without it, a scale of zero (most updates bit-identical) gives a threshold of
+    zero, and an update that differs by one rounding error is rejected. The
+    margin is ``sqrt(eps)`` of the dtype relative to the scale and ``magnitude``
+    (the reference's norm), plus ``eps`` in absolute terms: far below any step
+    that changes a model, and not set by any client.
+    """
+    info = np.finfo(dtype)
+    return scale + float(np.sqrt(info.eps)) * (scale + magnitude) + float(info.eps)
+
+
+def _squared_norm(row: NDArray[np.floating]) -> float:
+    return float(np.einsum("i,i->", row, row, dtype=np.float64))
+
+
+def _finite_validation(
+    validation: NDArray[np.floating] | None, dimension: int, dtype: np.dtype[Any]
+) -> NDArray[np.floating] | None:
+    if validation is None:
+        return None
+    validation = np.asarray(validation)
+    if validation.shape != (dimension,):
+        raise ValueError(f"validation has shape {validation.shape}, the updates ({dimension},).")
+    validation = _contiguous(validation, dtype)
+    with np.errstate(all="ignore"):
+        return validation if bool(np.isfinite(validation).all()) else None
+
+
+def _reference_and_squares(
+    rows: list[NDArray[np.floating]],
+    validation: NDArray[np.floating] | None,
+    members: list[int],
+) -> tuple[NDArray[np.floating] | None, NDArray[np.float64], NDArray[np.bool_]]:
+    """The median of ``measured[members]`` and every measured row's squared distance to it.
+
+    ``measured`` is the updates followed by the validation update (when there is
+    one). One pass; when a member was not finite, a second pass without it
+    (rare). Returns None as the median when no member is finite.
+    """
+    measured = [*rows, validation] if validation is not None else list(rows)
+    all_rows = list(range(len(measured)))
+    median, squares, finite = _median_and_squares(measured, members, all_rows)
+    if not finite[members].all():
+        members = [i for i in members if finite[i]]
+        if not members:
+            return None, squares, finite
+        median, squares = _median_and_squares(measured, members, all_rows)[:2]
+    return median, squares, finite
+
+
+# pylint: disable=too-many-arguments,too-many-locals,too-many-branches,too-many-statements
 def dstar_aggregate(
     updates: Sequence[NDArray[np.floating]],
     *,
     num_byzantine: int,
     validation: NDArray[np.floating] | None = None,
     weights: Sequence[float] | None = None,
+    variant: VariantName = "anchored",
+    max_robust_z: float = DEFAULT_MAX_ROBUST_Z,
     threshold_factor: float = 2.0,
     scale: ScaleName = "median",
     center: CenterName = "ensemble",
-    cap_accepted: bool = True,
-    weight_clip: float | None = 2.0,
+    cap_accepted: bool | None = None,
+    norm_test: bool = True,
 ) -> DStarAggregation:
     """Apply the dSTAR filter and average the surviving updates.
 
-    Steps (our reading of the paper): the center ``m`` is the coordinate-wise
-    median of the finite updates together with the validation update ``v``;
-    deviations ``d_i = ||u_i - m||``; ``u_i`` is accepted when ``d_i <= c * s``
-    (``s`` from :func:`deviation_scale`), at most ``k - f`` are accepted (the
-    largest deviations are dropped first); the aggregate is the weighted mean of
-    the accepted updates, or ``m`` when none is accepted.
+    Two variants (see the README, "Our reading of the paper" and "The hardened
+    default"):
+
+    ``"anchored"`` (default): the reference ``r`` is the server's validation
+    update ``v`` (trusted: no client can move it), or the coordinate-wise median
+    of the updates when there is no ``v``. Deviations ``d_i = ||u_i - r||``;
+    ``u_i`` is accepted when ``d_i <= med(d) + z * 1.4826 * MAD(d)``, a robust
+    z-score of at most ``max_robust_z``. The median and MAD of the deviations
+    break down only at ``f >= k / 2``, so attackers cannot stretch the band
+    beyond the honest deviations' range, and a colluding cluster gains nothing
+    from dragging a coordinate median towards itself. Every update with a
+    deviation at or below the median is accepted, so at least half are. No
+    ``k - f`` cap by default: with no attack every honest update is averaged.
+
+    ``"paper"``: our reading of the paper. The center ``m`` is the coordinate-wise
+    median of the finite updates together with ``v``; ``d_i = ||u_i - m||``;
+    ``u_i`` is accepted when ``d_i <= c * s`` (``s`` from
+    :func:`deviation_scale`), at most ``k - f`` (the largest deviations are
+    dropped first).
+
+    The aggregate is the weighted mean of the accepted updates, or the reference
+    when none is accepted.
 
     Parameters
     ----------
@@ -660,19 +761,25 @@ def dstar_aggregate(
         The server's validation update ``v`` (same length). Ignored when it is
         not finite.
     weights : Sequence[float], optional
-        One non-negative weight per update (e.g. example counts); uniform if None.
+        One trusted non-negative weight per update; uniform if None. A weight
+        derived from a client's claim must be bounded by the caller (see
+        :meth:`dstar_flwr.DStarRule.example_weights`): here it is taken as is.
+    variant : {"anchored", "paper"} (default: "anchored")
+        The filter, see above.
+    max_robust_z : float (default: 3.0)
+        ``"anchored"``: the largest accepted robust z-score of a deviation.
+        Chosen by ``python -m simulations.robustness``.
     threshold_factor : float (default: 2.0)
-        c, the multiple of the scale up to which a deviation is accepted. A guess.
+        ``"paper"``: c, the multiple of the scale up to which a deviation is
+        accepted. A guess.
     scale : {"median", "validation", "max"} (default: "median")
-        How ``s`` is estimated, see :func:`deviation_scale`. A guess.
+        ``"paper"``: how ``s`` is estimated, see :func:`deviation_scale`. A guess.
     center : {"ensemble", "clients"} (default: "ensemble")
-        ``"ensemble"`` takes the median over the updates and ``v``; ``"clients"``
-        over the updates alone (an ablation).
-    cap_accepted : bool (default: True)
-        Accept at most ``k - f`` updates.
-    weight_clip : float | None (default: 2.0)
-        Clip each accepted weight to this multiple of the accepted weights'
-        median; None disables clipping. A guess.
+        ``"paper"``: ``"ensemble"`` takes the median over the updates and ``v``;
+        ``"clients"`` over the updates alone (an ablation).
+    cap_accepted : bool, optional
+        Accept at most ``k - f`` updates. None: the variant's default (True for
+        ``"paper"``, False for ``"anchored"``).
 
     Returns
     -------
@@ -685,46 +792,38 @@ def dstar_aggregate(
         No updates, unequal lengths, non-flat or non-float updates, ``k < 2f + 1``,
         or invalid parameters.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     if threshold_factor <= 0 or not np.isfinite(threshold_factor):
         raise ValueError(f"threshold_factor must be > 0, got {threshold_factor}.")
+    if not (max_robust_z >= 0 and np.isfinite(max_robust_z)):
+        raise ValueError(f"max_robust_z must be >= 0 and finite, got {max_robust_z}.")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
     if center not in CENTERS:
         raise ValueError(f"center must be one of {CENTERS}, got {center!r}.")
-    if weight_clip is not None and weight_clip < 1:
-        raise ValueError(f"weight_clip must be >= 1 or None, got {weight_clip}.")
     rows, dimension = _as_rows(updates)
     num_updates = len(rows)
     dtype = rows[0].dtype
     check_byzantine_bound(num_updates, num_byzantine)
     weight_array = _checked_weights(weights, num_updates)
+    validation = _finite_validation(validation, dimension, dtype)
+    if cap_accepted is None:
+        cap_accepted = variant == "paper"
 
-    if validation is not None:
-        validation = np.asarray(validation)
-        if validation.shape != (dimension,):
-            raise ValueError(
-                f"validation has shape {validation.shape}, the updates ({dimension},)."
-            )
-        validation = _contiguous(validation, dtype)
-
-    # One pass: the center and every deviation (the validation update's too), and
-    # which inputs hold NaN or Inf. Non-finite inputs must not take part in the
-    # median; when some did, the pass runs again without them (rare).
-    measured = [*rows, validation] if validation is not None else rows
-    members = list(range(num_updates))
-    if validation is not None and center == "ensemble":
-        members.append(num_updates)
-    all_rows = list(range(len(measured)))
-    median, squares, finite = _median_and_squares(measured, members, all_rows)
-    if not finite[members].all():
-        members = [i for i in members if finite[i]]
-        median, squares = (
-            _median_and_squares(measured, members, all_rows)[:2] if members else (None, None)
-        )
-
+    # One pass: the reference and every deviation (the validation update's too),
+    # and which inputs hold NaN or Inf. Non-finite inputs never take part in a
+    # median. The anchored reference is v itself: the "median" of v alone.
+    if variant == "anchored" and validation is not None:
+        members = [num_updates]
+    else:
+        members = list(range(num_updates))
+        if validation is not None and variant == "paper" and center == "ensemble":
+            members.append(num_updates)
+    reference, squares, finite = _reference_and_squares(rows, validation, members)
     non_finite = tuple(int(i) for i in np.flatnonzero(~finite[:num_updates]))
     finite_rows = np.flatnonzero(finite[:num_updates])
-    if median is None or squares is None:
+    if reference is None:
         return DStarAggregation(
             aggregate=np.zeros(dimension, dtype=dtype),
             center=None,
@@ -738,15 +837,33 @@ def dstar_aggregate(
 
     deviations = np.full(num_updates, np.inf)
     deviations[finite_rows] = np.sqrt(squares[finite_rows])
-    validation_deviation = (
-        float(np.sqrt(squares[num_updates]))
-        if validation is not None and finite[num_updates]
-        else None
-    )
-    scale_value = deviation_scale(deviations[finite_rows], validation_deviation, scale)
-    threshold = threshold_factor * scale_value if np.isfinite(scale_value) else np.inf
+    validation_deviation = float(np.sqrt(squares[num_updates])) if validation is not None else None
+    reference_norm = _distance(reference, np.zeros(1, dtype=dtype))
+    if variant == "anchored":
+        scale_value, spread = robust_spread(deviations[finite_rows])
+        threshold = max(
+            scale_value + max_robust_z * spread,
+            threshold_floor(scale_value, reference_norm, dtype),
+        )
+    else:
+        scale_value = deviation_scale(deviations[finite_rows], validation_deviation, scale)
+        # The floor leaves out the reference's norm: it keeps this variant exactly
+        # translation-equivariant (``tests/test_properties.py``).
+        threshold = (
+            max(threshold_factor * scale_value, threshold_floor(0.0, scale_value, dtype))
+            if np.isfinite(scale_value)
+            else np.inf
+        )
 
     candidates = [int(i) for i in finite_rows if deviations[i] <= threshold]
+    if variant == "anchored" and norm_test and candidates:
+        norms = np.array([_squared_norm(rows[i]) for i in finite_rows]) ** 0.5
+        middle, spread = robust_spread(norms)
+        band = max(max_robust_z * spread, threshold_floor(0.0, middle, dtype))
+        outside = {
+            int(i) for i, norm in zip(finite_rows, norms, strict=True) if abs(norm - middle) > band
+        }
+        candidates = [i for i in candidates if i not in outside]
     if cap_accepted:
         # Stable sort: ties keep arrival order, so the result does not depend on
         # anything but the updates' values and positions.
@@ -757,19 +874,19 @@ def dstar_aggregate(
     rejected = tuple(i for i in range(num_updates) if i not in accepted_set)
 
     if accepted:
-        accepted_weights = clip_weights(weight_array[list(accepted)], weight_clip)
+        accepted_weights = weight_array[list(accepted)]
         if accepted_weights.sum() <= 0:
             accepted_weights = np.ones(len(accepted))
         accepted_weights = accepted_weights / accepted_weights.sum()
         aggregate = _weighted_sum([rows[i] for i in accepted], accepted_weights)
         source = "accepted"
     else:
-        aggregate = median.copy()
+        aggregate = reference.copy()
         source = "center"
 
     return DStarAggregation(
         aggregate=aggregate,
-        center=median,
+        center=reference,
         deviations=deviations,
         validation_deviation=validation_deviation,
         accepted=accepted,

@@ -11,9 +11,11 @@ the end of a run. The messages' TTL is set to the round deadline, so the
 SuperLink expires what is never answered.
 """
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from logging import INFO, WARNING
 
 from flwr.app import Message
@@ -29,12 +31,15 @@ _CLOCK_SLACK = 0.05
 def resolve_first_k(first_k: float, num_sampled: int) -> int:
     """k for a round: a count (``first_k >= 1``) or a fraction of the sampled nodes.
 
-    A fraction rounds up; the count is capped at ``num_sampled``.
+    A fraction rounds up, in exact arithmetic on its decimal value (0.55 of 100 is
+    55, where ``0.55 * 100`` is 55.000000000000007 in floating point); the count is
+    capped at ``num_sampled``.
     """
     if first_k <= 0:
         raise ValueError(f"first-k must be > 0 (a count or a fraction), got {first_k}.")
     if first_k < 1:
-        return max(1, min(num_sampled, -int(-first_k * num_sampled // 1)))
+        exact = Fraction(repr(float(first_k))) * num_sampled
+        return max(1, min(num_sampled, math.ceil(exact)))
     if first_k != int(first_k):
         raise ValueError(
             f"first-k is {first_k}: give a whole count (>= 1) or a fraction in (0, 1)."
@@ -58,9 +63,14 @@ class CollectedRound:
     Attributes
     ----------
     kept : list[Message]
-        The first k valid replies, in arrival order.
+        The first k valid replies, in the order the server received them (pull
+        after pull; within one pull, in the order the Grid returned them).
     invalid : list[tuple[Message, str]]
         Error replies and replies the check refused, with the reason.
+    discarded : list[tuple[Message, str]]
+        Replies that break Flower's contract, with the reason: a repeat of a reply
+        already received, or a reply whose sender is not the node its message went
+        to. They are never aggregated, and the message stays open for its node.
     late_node_ids : list[int]
         Sampled nodes whose reply was not kept because the round had closed
         (not yet arrived, or arrived after the k-th valid reply).
@@ -76,6 +86,7 @@ class CollectedRound:
 
     kept: list[Message] = field(default_factory=list)
     invalid: list[tuple[Message, str]] = field(default_factory=list)
+    discarded: list[tuple[Message, str]] = field(default_factory=list)
     late_node_ids: list[int] = field(default_factory=list)
     drained: list[LateReply] = field(default_factory=list)
     num_sampled: int = 0
@@ -90,8 +101,25 @@ class _Pending:
     expires_at: float
 
 
-def _arrival_key(message: Message) -> float:
-    return float(message.metadata.created_at)
+def _contract_breach(reply: Message, outstanding: dict[str, int]) -> str | None:
+    """Why a reply to a message of the current round breaks Flower's contract, or None.
+
+    Flower's Grid returns each reply once, from the node its message went to; a
+    Grid that does otherwise must not crash the round nor let one node's reply
+    stand in for another's. Error replies are exempt from the sender check: the
+    SuperLink sends them on a node's behalf (expired message, node unavailable)
+    under its own id, and they are never aggregated.
+    """
+    message_id = reply.metadata.reply_to_message_id
+    if message_id not in outstanding:
+        return f"a repeated reply to message {message_id} (its reply was already received)"
+    node_id = outstanding[message_id]
+    if not reply.has_error() and reply.metadata.src_node_id != node_id:
+        return (
+            f"a reply from node {reply.metadata.src_node_id} to the message sent to "
+            f"node {node_id} (invalid: a reply must come from its message's destination)"
+        )
+    return None
 
 
 def _expired(reply: Message, expires_at: float) -> bool:
@@ -183,12 +211,17 @@ class FirstKCollector:
         while True:
             pulled = list(self.grid.pull_messages([*outstanding, *self._pending]))
             result.drained.extend(self._resolve_pending(pulled))
-            current = sorted(
-                (m for m in pulled if m.metadata.reply_to_message_id in outstanding),
-                key=_arrival_key,
-            )
-            for reply in current:
+            # Arrival order is what the server observed: the node's own created_at
+            # is its claim, and a back-dated reply must not jump the queue.
+            for reply in pulled:
                 message_id = reply.metadata.reply_to_message_id
+                if message_id not in outstanding and message_id not in expires_at:
+                    continue  # a reply of an earlier round: drained above
+                reason = _contract_breach(reply, outstanding)
+                if reason is not None:
+                    result.discarded.append((reply, reason))
+                    log(WARNING, "first-k: discarded a reply: %s", reason)
+                    continue
                 node_id = outstanding.pop(message_id)
                 if len(result.kept) >= k or _expired(reply, expires_at[message_id]):
                     result.late_node_ids.append(node_id)
@@ -219,9 +252,20 @@ class FirstKCollector:
     def _resolve_pending(self, pulled: list[Message]) -> list[LateReply]:
         drained = []
         for reply in pulled:
-            pending = self._pending.pop(reply.metadata.reply_to_message_id, None)
+            pending = self._pending.get(reply.metadata.reply_to_message_id)
             if pending is None:
                 continue
+            if not reply.has_error() and reply.metadata.src_node_id != pending.node_id:
+                log(
+                    WARNING,
+                    "first-k: discarded a reply from node %s to the round-%s message sent "
+                    "to node %s (invalid: a reply must come from its message's destination)",
+                    reply.metadata.src_node_id,
+                    pending.server_round,
+                    pending.node_id,
+                )
+                continue
+            del self._pending[reply.metadata.reply_to_message_id]
             # An error reply here is the SuperLink expiring an unanswered message.
             arrived = not reply.has_error()
             drained.append(LateReply(pending.server_round, pending.node_id, arrived))

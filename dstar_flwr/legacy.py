@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import (
     Code,
+    EvaluateRes,
     FitIns,
     FitRes,
     NDArrays,
@@ -34,11 +35,14 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 from numpy.typing import NDArray
 
+from .aggregation import DEFAULT_MAX_ROBUST_Z
 from .first_k import FirstKCollector, resolve_first_k
+from .metrics import aggregate_metrics
 from .records import (
     ArrayLayout,
     MalformedReply,
     TrainReply,
+    check_num_examples,
     flatten_record,
     flatten_trusted,
     layout_of,
@@ -92,11 +96,21 @@ class DStarLegacy(FedAvg):
     """dSTAR as a legacy ``flwr.server.strategy`` strategy (``aggregate_fit``).
 
     Takes the dSTAR parameters of :class:`~dstar_flwr.DStar` (``num_byzantine``,
-    ``first_k``, ``min_replies``, ``threshold_factor``, ``deviation_scale``,
-    ``center``, ``cap_accepted``, ``server_learning_rate``, ``weighting``,
-    ``weight_clip``, ``max_num_examples``) plus ``validation_train_fn``
-    (NDArrays -> trained NDArrays), and every keyword of
+    ``first_k``, ``min_replies``, ``variant``, ``max_robust_z``, ``norm_test``,
+    ``threshold_factor``, ``deviation_scale``, ``center``, ``cap_accepted``,
+    ``server_learning_rate``, ``weighting``, ``example_cap``, ``max_num_examples``)
+    plus ``validation_train_fn`` (NDArrays -> trained NDArrays), and every keyword of
     :class:`flwr.server.strategy.FedAvg`.
+
+    Client metrics (fit and evaluate) and the evaluation loss are aggregated as
+    :class:`~dstar_flwr.DStar` does: with the weights of ``weighting``,
+    non-finite values dropped, and per key the ``num_byzantine`` largest and
+    smallest values left out (:func:`dstar_flwr.metrics.aggregate_metrics`).
+    A ``fit_metrics_aggregation_fn`` or ``evaluate_metrics_aggregation_fn``
+    given replaces that for the metrics; it receives the replies' own example
+    claims. Evaluation replies claiming more than ``max_num_examples``
+    examples are dropped. A fit round samples at least ``min_replies``
+    (``2f + 1``) clients when that many are available.
 
     ``aggregate_fit`` treats ``results`` as the kept replies in arrival order.
     With the stock ``DefaultWorkflow`` that is every reply; pass
@@ -111,13 +125,16 @@ class DStarLegacy(FedAvg):
         num_byzantine: int = 0,
         first_k: float = 0.8,
         min_replies: int | None = None,
+        variant: str = "anchored",
+        max_robust_z: float = DEFAULT_MAX_ROBUST_Z,
+        norm_test: bool = True,
         threshold_factor: float = 2.0,
         deviation_scale: str = "median",
         center: str = "ensemble",
-        cap_accepted: bool = True,
+        cap_accepted: bool | None = None,
         server_learning_rate: float = 1.0,
-        weighting: str = "num-examples",
-        weight_clip: float | None = 2.0,
+        weighting: str = "uniform",
+        example_cap: float | None = None,
         max_num_examples: float = 1e9,
         validation_train_fn: LegacyValidationTrainFn | None = None,
         **fedavg_kwargs: object,
@@ -127,13 +144,16 @@ class DStarLegacy(FedAvg):
             num_byzantine=num_byzantine,
             first_k=first_k,
             min_replies=min_replies,
+            variant=variant,
+            max_robust_z=max_robust_z,
+            norm_test=norm_test,
             threshold_factor=threshold_factor,
             deviation_scale=deviation_scale,
             center=center,
             cap_accepted=cap_accepted,
             server_learning_rate=server_learning_rate,
             weighting=weighting,
-            weight_clip=weight_clip,
+            example_cap=example_cap,
             max_num_examples=max_num_examples,
         )
         self.validation_train_fn = validation_train_fn
@@ -143,6 +163,12 @@ class DStarLegacy(FedAvg):
     def __repr__(self) -> str:
         """Compute a string representation of the strategy."""
         return f"DStarLegacy(accept_failures={self.accept_failures}, rule={self.rule})"
+
+    def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """FedAvg's sample size, raised to the replies a round needs if that many are available."""
+        sample_size, min_available = super().num_fit_clients(num_available_clients)
+        needed = min(self.rule.min_valid_replies, num_available_clients)
+        return max(sample_size, needed), min_available
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -210,7 +236,7 @@ class DStarLegacy(FedAvg):
                 report.malformed_node_ids.append(failure.node_id)
             else:
                 log(INFO, "\t> A fit call failed without a reply: %r", failure)
-        report.num_sampled = len(results) + len(failures)
+        report.num_sampled = report.k = len(results) + len(failures)
 
         outcome = self.rule.apply(
             flatten_record(_ndarrays_record(self._global), self._layout),
@@ -225,13 +251,82 @@ class DStarLegacy(FedAvg):
 
         record = unflatten_vector(outcome.weights, self._layout)
         new_ndarrays = [record[str(i)].numpy() for i in range(len(record))]
-        metrics: dict[str, Scalar] = {}
-        if self.fit_metrics_aggregation_fn:
-            accepted = [fit_metrics[i] for i in outcome.aggregation.accepted]
-            metrics.update(self.fit_metrics_aggregation_fn(accepted))
+        accepted = outcome.aggregation.accepted
+        metrics = self._client_metrics(
+            [fit_metrics[i] for i in accepted],
+            [parsed[i].num_examples for i in accepted],
+            self.fit_metrics_aggregation_fn,
+        )
         metrics.update(report.to_legacy_metrics())
         report.log()
         return ndarrays_to_parameters(new_ndarrays), metrics
+
+    def _client_metrics(
+        self,
+        metrics: list[tuple[int, dict[str, Scalar]]],
+        num_examples: list[float],
+        aggregation_fn: Callable[[list[tuple[int, dict[str, Scalar]]]], dict[str, Scalar]] | None,
+    ) -> dict[str, Scalar]:
+        """The replies' metrics: the user's function, or DStar's bounded trimmed mean."""
+        if not metrics:
+            return {}
+        if aggregation_fn is not None:
+            return dict(aggregation_fn(metrics))
+        aggregated = aggregate_metrics(
+            [reply_metrics for _, reply_metrics in metrics],
+            self.rule.example_weights(num_examples),
+            trim=self.rule.num_byzantine,
+        )
+        # Legacy Metrics hold scalars only: an element-wise list mean is left out.
+        return {key: value for key, value in aggregated.items() if isinstance(value, float)}
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Aggregate the evaluation loss and metrics as the fit metrics are.
+
+        A result whose status is not OK, or whose example count is not a number
+        in (0, ``max_num_examples``], is dropped with the reason in the log.
+        """
+        if not results or (not self.accept_failures and failures):
+            return None, {}
+        valid: list[EvaluateRes] = []
+        num_examples: list[float] = []
+        for proxy, evaluate_res in results:
+            try:
+                num_examples.append(
+                    _evaluate_num_examples(evaluate_res, self.rule.max_num_examples)
+                )
+                valid.append(evaluate_res)
+            except MalformedReply as error:
+                node_id = getattr(proxy, "node_id", None)
+                log(INFO, "\t> Dropped the evaluate result of node %s: %s", node_id, error)
+        # Through aggregate_metrics, which also drops a loss that is not a number.
+        losses = aggregate_metrics(
+            [{"loss": res.loss} for res in valid],
+            self.rule.example_weights(num_examples),
+            trim=self.rule.num_byzantine,
+        )
+        loss = losses.get("loss")
+        loss = loss if isinstance(loss, float) else None
+        metrics = self._client_metrics(
+            [(res.num_examples, res.metrics) for res in valid],
+            num_examples,
+            self.evaluate_metrics_aggregation_fn,
+        )
+        return loss, metrics
+
+
+def _evaluate_num_examples(evaluate_res: EvaluateRes, max_num_examples: float) -> float:
+    """An EvaluateRes's checked example count; MalformedReply says why it has none."""
+    if evaluate_res.status.code != Code.OK:
+        raise MalformedReply(
+            f"status {evaluate_res.status.code.name}: {evaluate_res.status.message}"
+        )
+    return check_num_examples(evaluate_res.num_examples, "num_examples", max_num_examples)
 
 
 class FirstKFitWorkflow:
@@ -264,13 +359,16 @@ class FirstKFitWorkflow:
         self.poll_interval = poll_interval
         self._collector: FirstKCollector | None = None
 
-    def _k(self, context: LegacyContext, num_sampled: int) -> int:
-        if self.first_k is not None:
-            return resolve_first_k(self.first_k, num_sampled)
-        rule = getattr(context.strategy, "rule", None)
-        if isinstance(rule, DStarRule):
-            return rule.k_for(num_sampled)
-        return num_sampled
+    def _k(self, rule: DStarRule | None, num_sampled: int) -> int | None:
+        """The round's k; None: too few nodes for the strategy's rule (skip the round)."""
+        if rule is None:
+            return (
+                num_sampled if self.first_k is None else resolve_first_k(self.first_k, num_sampled)
+            )
+        k = rule.k_for(num_sampled)
+        if k is None or self.first_k is None:
+            return k
+        return max(resolve_first_k(self.first_k, num_sampled), rule.min_valid_replies)
 
     @staticmethod
     def _check(strategy: object) -> Callable[[Message], str | None]:
@@ -298,6 +396,17 @@ class FirstKFitWorkflow:
         parameters = compat.arrayrecord_to_parameters(
             context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
         )
+        rule = getattr(context.strategy, "rule", None)
+        rule = rule if isinstance(rule, DStarRule) else None
+        if rule is not None and context.client_manager.num_available() < rule.min_valid_replies:
+            log(
+                INFO,
+                "configure_fit: %s clients available, a round needs %s; waiting up to %.1fs",
+                context.client_manager.num_available(),
+                rule.min_valid_replies,
+                self.round_timeout,
+            )
+            context.client_manager.wait_for(rule.min_valid_replies, self.round_timeout)  # type: ignore[arg-type]
         instructions = context.strategy.configure_fit(
             server_round=current_round,
             parameters=parameters,
@@ -317,7 +426,25 @@ class FirstKFitWorkflow:
             )
             for proxy, fit_ins in instructions
         ]
-        k = self._k(context, len(messages))
+        k = self._k(rule, len(messages))
+        if k is None:
+            assert rule is not None
+            self._skip_round(
+                context, current_round, rule.too_few_nodes(len(messages)), len(messages)
+            )
+            return
+        if rule is not None and self.first_k is None:
+            from_first_k = resolve_first_k(rule.first_k, len(messages))
+            if k > from_first_k:
+                log(
+                    INFO,
+                    "configure_fit: first_k=%g gives k=%s of %s sampled clients; raised to %s, "
+                    "the replies a round needs",
+                    rule.first_k,
+                    from_first_k,
+                    len(messages),
+                    k,
+                )
         log(INFO, "configure_fit: waiting for the first %s of %s replies", k, len(messages))
         started = timeit.default_timer()
         collected = self._collector.collect(
@@ -349,6 +476,7 @@ class FirstKFitWorkflow:
         metrics.update(
             {
                 "num-sampled": len(messages),
+                "k": k,
                 "num-late": len(collected.late_node_ids),
                 "late-node-ids": ",".join(str(n) for n in collected.late_node_ids),
                 "num-drained-late": sum(d.arrived for d in collected.drained),
@@ -369,4 +497,17 @@ class FirstKFitWorkflow:
             )
         context.history.add_metrics_distributed_fit(server_round=current_round, metrics=metrics)
         if current_round >= context.config.num_rounds:
+            self._collector.drain(wait=True)
+
+    def _skip_round(
+        self, context: LegacyContext, current_round: int, reason: str, num_sampled: int
+    ) -> None:
+        """Skip a round before anything is sent: the model is kept, the reason reported."""
+        report = RoundReport(server_round=current_round, num_sampled=num_sampled)
+        report.skip(reason, too_few_nodes=True)
+        report.log()
+        context.history.add_metrics_distributed_fit(
+            server_round=current_round, metrics=dict(report.to_legacy_metrics())
+        )
+        if current_round >= context.config.num_rounds and self._collector is not None:
             self._collector.drain(wait=True)

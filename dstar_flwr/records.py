@@ -118,20 +118,31 @@ def _single_record(content: RecordDict, kind: str) -> object:
     return next(iter(records.values()))
 
 
+def check_num_examples(value: object, name: str, max_num_examples: float) -> float:
+    """An example count, checked: a finite number in (0, max_num_examples].
+
+    Takes any Python or numpy number (a legacy reply's count is unchecked), and
+    ints beyond float range.
+    """
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedReply(f"'{name}' is {type(value).__name__}, not a number")
+    shown = f"{value:.6g}" if isinstance(value, float) or abs(value) < 10**15 else "a huge int"
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise MalformedReply(f"'{name}' is {shown}, not a positive number")
+    if value > max_num_examples:
+        raise MalformedReply(f"'{name}' is {shown}, above the limit {max_num_examples:g}")
+    return float(value)
+
+
 def read_num_examples(
     metrics: MetricRecord, weighted_by_key: str, max_num_examples: float
 ) -> float:
     """The reply's example count, checked: a finite number in (0, max_num_examples]."""
     if weighted_by_key not in metrics:
         raise MalformedReply(f"the MetricRecord has no '{weighted_by_key}'")
-    value = metrics[weighted_by_key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MalformedReply(f"'{weighted_by_key}' is {type(value).__name__}, not a number")
-    if not math.isfinite(value) or value <= 0:
-        raise MalformedReply(f"'{weighted_by_key}' is {value}, not a positive number")
-    if value > max_num_examples:
-        raise MalformedReply(f"'{weighted_by_key}' is {value}, above the limit {max_num_examples}")
-    return float(value)
+    return check_num_examples(metrics[weighted_by_key], weighted_by_key, max_num_examples)
 
 
 def parse_train_reply(

@@ -17,10 +17,14 @@ class RoundReport:
 
     Node id lists hold Flower node ids; ``deviations`` is aligned with
     ``received_node_ids`` (the valid replies aggregated, in arrival order).
+    ``k`` is the replies the round waited for (0: no round ran); a skipped
+    round has its ``skip_reason``, and ``too_few_nodes`` when it was skipped
+    before anything was sent because fewer nodes were sampled than it needs.
     """
 
     server_round: int
     num_sampled: int = 0
+    k: int = 0
     received_node_ids: list[int] = field(default_factory=list)
     accepted_node_ids: list[int] = field(default_factory=list)
     rejected_node_ids: list[int] = field(default_factory=list)
@@ -33,12 +37,20 @@ class RoundReport:
     threshold: float = float("nan")
     round_seconds: float = float("nan")
     skipped: bool = False
+    skip_reason: str = ""
+    too_few_nodes: bool = False
+
+    def skip(self, reason: str, too_few_nodes: bool = False) -> None:
+        """Mark the round skipped (the model kept), saying why."""
+        self.skipped = True
+        self.skip_reason = reason
+        self.too_few_nodes = too_few_nodes
 
     def record_aggregation(self, node_ids: list[int], aggregation: DStarAggregation | None) -> None:
         """Fill in the filter's outcome for the valid replies of ``node_ids``."""
         self.received_node_ids = list(node_ids)
         if aggregation is None:
-            self.skipped = True
+            self.skip(f"too few valid replies ({len(node_ids)})")
             return
         self.accepted_node_ids = [node_ids[i] for i in aggregation.accepted]
         self.rejected_node_ids = [node_ids[i] for i in aggregation.rejected]
@@ -64,6 +76,7 @@ class RoundReport:
         deviation_mean, deviation_max = self._deviation_stats()
         return {
             "num-sampled": self.num_sampled,
+            "k": self.k,
             "num-received": self.num_received,
             "num-failed": len(self.failed_node_ids),
             "num-late": len(self.late_node_ids),
@@ -79,6 +92,7 @@ class RoundReport:
             "threshold": float(self.threshold),
             "round-seconds": float(self.round_seconds),
             "skipped": int(self.skipped),
+            "skipped-too-few-nodes": int(self.too_few_nodes),
         }
 
     def node_lists(self) -> dict[str, list[int]]:
@@ -103,6 +117,7 @@ class RoundReport:
         metrics: dict[str, int | float | str] = dict(self.scalars())
         for key, node_ids in self.node_lists().items():
             metrics[key] = ",".join(str(node_id) for node_id in node_ids)
+        metrics["skip-reason"] = self.skip_reason
         return metrics
 
     def log(self) -> None:
@@ -110,10 +125,11 @@ class RoundReport:
         scalars = self.scalars()
         log(
             INFO,
-            "dstar round %s: %s sampled, %s valid, %s malformed, %s failed, %s late | accepted "
-            "%s, rejected %s | deviation mean %.4g max %.4g, threshold %.4g | %.2fs%s",
+            "dstar round %s: %s sampled, k %s, %s valid, %s malformed, %s failed, %s late | "
+            "accepted %s, rejected %s | deviation mean %.4g max %.4g, threshold %.4g | %.2fs%s",
             self.server_round,
             self.num_sampled,
+            self.k,
             len(self.received_node_ids),
             len(self.malformed_node_ids),
             len(self.failed_node_ids),
@@ -124,7 +140,7 @@ class RoundReport:
             scalars["deviation-max"],
             scalars["threshold"],
             self.round_seconds,
-            " | SKIPPED (too few valid replies), model kept" if self.skipped else "",
+            f" | SKIPPED ({self.skip_reason}), model kept" if self.skipped else "",
         )
         if self.rejected_node_ids:
             log(INFO, "\t├── rejected nodes: %s", self.rejected_node_ids)

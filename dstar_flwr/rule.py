@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .aggregation import CENTERS, SCALES, DStarAggregation, dstar_aggregate
+from .aggregation import (
+    CENTERS,
+    DEFAULT_MAX_ROBUST_Z,
+    SCALES,
+    VARIANTS,
+    DStarAggregation,
+    dstar_aggregate,
+)
 from .first_k import resolve_first_k
 
 WEIGHTINGS: tuple[str, ...] = ("num-examples", "uniform")
@@ -42,20 +49,39 @@ class DStarRule:
     min_replies : int | None (default: None)
         Fewest valid replies with which a round that hit its timeout is still
         aggregated; fewer skip the round and keep the model. None: ``2f + 1``.
+    variant : {"anchored", "paper"} (default: "anchored")
+        The filter (see :func:`~dstar_flwr.aggregation.dstar_aggregate`):
+        ``"anchored"`` measures deviations from the validation update and
+        accepts robust z-scores up to ``max_robust_z``; ``"paper"`` is our
+        reading of the paper (ensemble median, ``c * s``, ``k - f`` cap).
+    max_robust_z : float (default: 3.0)
+        ``"anchored"``: the largest accepted robust z-score of a deviation (and
+        of an update's norm, with ``norm_test``).
+    norm_test : bool (default: True)
+        ``"anchored"``: also reject an update whose norm is a robust outlier.
     threshold_factor : float (default: 2.0)
-        c: accept an update whose deviation is at most ``c * s``. A guess.
+        ``"paper"``: c, accept a deviation of at most ``c * s``. A guess.
     deviation_scale : {"median", "validation", "max"} (default: "median")
-        How the scale s of the deviations is estimated. A guess.
+        ``"paper"``: how the scale s of the deviations is estimated. A guess.
     center : {"ensemble", "clients"} (default: "ensemble")
-        Median over the updates plus the validation update, or the updates alone.
-    cap_accepted : bool (default: True)
-        Accept at most ``k - f`` updates.
+        ``"paper"``: median over the updates plus the validation update, or the
+        updates alone.
+    cap_accepted : bool | None (default: None)
+        Accept at most ``k - f`` updates; None: the variant's default (True for
+        ``"paper"``, False for ``"anchored"``).
     server_learning_rate : float (default: 1.0)
         eta in ``w_next = w + eta * aggregate``.
-    weighting : {"num-examples", "uniform"} (default: "num-examples")
-        Weights of the accepted updates in the mean.
-    weight_clip : float | None (default: 2.0)
-        Clip each weight to this multiple of the accepted weights' median.
+    weighting : {"uniform", "num-examples"} (default: "uniform")
+        Weights of the accepted updates in the mean, and of the client metrics.
+        ``"uniform"``: equal weights, as distributed SGD averages.
+        ``"num-examples"``: each reply's claimed example count, bounded by
+        ``example_cap``. A node's claim is its own word: without a bound,
+        attackers claiming huge counts would take the aggregate over.
+    example_cap : float | None (default: None)
+        With ``weighting="num-examples"`` (required there): the operator's bound
+        on an honest node's example count; each claim is used as
+        ``min(claim, example_cap)``, so no reply weighs more than an honest
+        node with ``example_cap`` examples. Ignored with ``"uniform"``.
     max_num_examples : float (default: 1e9)
         Replies that claim more examples are refused as malformed.
     """
@@ -63,13 +89,16 @@ class DStarRule:
     num_byzantine: int = 0
     first_k: float = 0.8
     min_replies: int | None = None
+    variant: str = "anchored"
+    max_robust_z: float = DEFAULT_MAX_ROBUST_Z
+    norm_test: bool = True
     threshold_factor: float = 2.0
     deviation_scale: str = "median"
     center: str = "ensemble"
-    cap_accepted: bool = True
+    cap_accepted: bool | None = None
     server_learning_rate: float = 1.0
-    weighting: str = "num-examples"
-    weight_clip: float | None = 2.0
+    weighting: str = "uniform"
+    example_cap: float | None = None
     max_num_examples: float = 1e9
 
     def __post_init__(self) -> None:
@@ -91,6 +120,13 @@ class DStarRule:
                 f"min_replies={self.min_replies} is below 2f + 1 = {floor}: dSTAR "
                 "cannot filter fewer replies. Raise it or set it to None."
             )
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}.")
+        if not (self.max_robust_z >= 0 and math.isfinite(self.max_robust_z)):
+            raise ValueError(
+                f"max_robust_z must be >= 0 and finite, got {self.max_robust_z}: "
+                f"{DEFAULT_MAX_ROBUST_Z} is the measured default."
+            )
         if not (self.threshold_factor > 0 and math.isfinite(self.threshold_factor)):
             raise ValueError(f"threshold_factor must be > 0, got {self.threshold_factor}.")
         if self.deviation_scale not in SCALES:
@@ -103,8 +139,19 @@ class DStarRule:
             raise ValueError(f"server_learning_rate must be > 0, got {self.server_learning_rate}.")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}.")
-        if self.weight_clip is not None and not self.weight_clip >= 1:
-            raise ValueError(f"weight_clip must be >= 1 or None, got {self.weight_clip}.")
+        if self.example_cap is not None and not (
+            self.example_cap > 0 and math.isfinite(self.example_cap)
+        ):
+            raise ValueError(
+                f"example_cap must be a finite number > 0 or None, got {self.example_cap}."
+            )
+        if self.weighting == "num-examples" and self.example_cap is None:
+            raise ValueError(
+                "weighting='num-examples' needs example_cap, your bound on an honest "
+                "node's example count (run config 'example-cap'): each claim is used as "
+                "min(claim, example_cap), since a node can claim any count. Set it, or "
+                "use weighting='uniform'."
+            )
         if not self.max_num_examples > 0:
             raise ValueError(f"max_num_examples must be > 0, got {self.max_num_examples}.")
 
@@ -113,17 +160,36 @@ class DStarRule:
         """Valid replies a round needs to be aggregated."""
         return self.min_replies or 2 * self.num_byzantine + 1
 
-    def k_for(self, num_sampled: int) -> int:
-        """k for a round with ``num_sampled`` nodes, checked against ``2f + 1``."""
-        k = resolve_first_k(self.first_k, num_sampled)
-        if k < self.min_valid_replies:
-            raise ValueError(
-                f"first_k={self.first_k:g} gives k={k} of {num_sampled} sampled nodes, "
-                f"below the {self.min_valid_replies} replies a round needs "
-                f"(2f + 1 with f={self.num_byzantine}, or min_replies): sample more "
-                "nodes, raise first_k or lower num_byzantine."
-            )
-        return k
+    def k_for(self, num_sampled: int) -> int | None:
+        """k for a round with ``num_sampled`` nodes.
+
+        ``first_k`` of them, raised to ``min_valid_replies`` when the fraction
+        gives fewer (a round cannot be aggregated below it). None when fewer
+        than ``min_valid_replies`` nodes were sampled: the round cannot be
+        aggregated and is skipped.
+        """
+        if num_sampled < self.min_valid_replies:
+            return None
+        return max(resolve_first_k(self.first_k, num_sampled), self.min_valid_replies)
+
+    def too_few_nodes(self, num_sampled: int) -> str:
+        """Why a round with ``num_sampled`` nodes is skipped (see :meth:`k_for`)."""
+        return (
+            f"{num_sampled} nodes sampled, a round needs {self.min_valid_replies} "
+            f"(2f + 1 with f={self.num_byzantine}, or min_replies)"
+        )
+
+    def example_weights(self, num_examples: Sequence[float]) -> NDArray[np.float64] | None:
+        """The weights of replies with these claimed example counts; None: uniform.
+
+        With ``weighting="num-examples"``, each claim is used as
+        ``min(claim, example_cap)``: a node's count is its own claim, and only
+        the operator's bound keeps one node from outweighing the others.
+        """
+        if self.weighting == "uniform":
+            return None
+        assert self.example_cap is not None  # checked on construction
+        return np.minimum(np.asarray(num_examples, dtype=np.float64), self.example_cap)
 
     def apply(
         self,
@@ -141,7 +207,7 @@ class DStarRule:
         reply_weights : Sequence[NDArray]
             The kept replies' flat weights ``w_i``, in arrival order.
         num_examples : Sequence[float]
-            Each reply's example count.
+            Each reply's claimed example count (see :meth:`example_weights`).
         validation_weights : NDArray, optional
             The weights after the server's local training on its validation set.
 
@@ -162,12 +228,14 @@ class DStarRule:
             updates,
             num_byzantine=self.num_byzantine,
             validation=validation,
-            weights=num_examples if self.weighting == "num-examples" else None,
+            weights=self.example_weights(num_examples),
+            variant=self.variant,  # type: ignore[arg-type]
+            max_robust_z=self.max_robust_z,
+            norm_test=self.norm_test,
             threshold_factor=self.threshold_factor,
             scale=self.deviation_scale,  # type: ignore[arg-type]
             center=self.center,  # type: ignore[arg-type]
             cap_accepted=self.cap_accepted,
-            weight_clip=self.weight_clip,
         )
         with np.errstate(over="ignore"):  # saturated below
             step = self.server_learning_rate * aggregation.aggregate

@@ -23,8 +23,10 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info, samp
 from flwr.supercore import log
 from numpy.typing import NDArray
 
+from .aggregation import DEFAULT_MAX_ROBUST_Z
 from .checkpoint import Checkpoint, layout_differences, load_checkpoint, save_checkpoint
-from .first_k import FirstKCollector
+from .first_k import FirstKCollector, resolve_first_k
+from .metrics import aggregate_metrics
 from .records import (
     ArrayLayout,
     MalformedReply,
@@ -62,22 +64,37 @@ class DStar(FedAvg):
     min_replies : int | None (default: None)
         Valid replies needed when a round reaches its timeout before k; with
         fewer, the round is skipped and the model kept. None: ``2f + 1``.
+    variant : {"anchored", "paper"} (default: "anchored")
+        The filter: deviations from the validation update within a robust
+        z-score band (the hardened default), or our reading of the paper
+        (ensemble median, ``c * s`` threshold, ``k - f`` cap). See the README.
+    max_robust_z : float (default: 3.0)
+        ``"anchored"``: the largest accepted robust z-score of a deviation (and,
+        with ``norm_test``, of an update's norm).
+    norm_test : bool (default: True)
+        ``"anchored"``: also reject an update whose norm is a robust outlier.
     threshold_factor : float (default: 2.0)
-        Accept an update whose deviation is at most this multiple of the scale.
+        ``"paper"``: accept a deviation of at most this multiple of the scale.
     deviation_scale : {"median", "validation", "max"} (default: "median")
-        How the deviations' scale is estimated (see the README).
+        ``"paper"``: how the deviations' scale is estimated (see the README).
     center : {"ensemble", "clients"} (default: "ensemble")
-        Median over updates and validation update, or the updates alone.
-    cap_accepted : bool (default: True)
-        Accept at most ``k - f`` updates.
+        ``"paper"``: median over updates and validation update, or the updates alone.
+    cap_accepted : bool | None (default: None)
+        Accept at most ``k - f`` updates; None: the variant's default (True for
+        ``"paper"``, False for ``"anchored"``).
     server_learning_rate : float (default: 1.0)
         Step size applied to the aggregate update.
-    weighting : {"num-examples", "uniform"} (default: "num-examples")
-        Weights of accepted updates in the mean.
-    weight_clip : float | None (default: 2.0)
-        Clip weights to this multiple of the accepted weights' median.
+    weighting : {"uniform", "num-examples"} (default: "uniform")
+        Weights of the accepted updates in the mean and of the client metrics:
+        equal (as distributed SGD averages), or each reply's claimed example
+        count bounded by ``example_cap``.
+    example_cap : float | None (default: None)
+        Required with ``weighting="num-examples"``: the operator's bound on an
+        honest node's example count; each claim is used as
+        ``min(claim, example_cap)``.
     max_num_examples : float (default: 1e9)
-        Replies claiming more examples are dropped as malformed.
+        Training and evaluation replies claiming more examples are dropped as
+        malformed.
     validation_train_fn : Callable[[ArrayRecord], ArrayRecord], optional
         Runs the clients' local training from the given global arrays on the
         server's trusted validation set and returns the trained arrays; the
@@ -93,9 +110,16 @@ class DStar(FedAvg):
         that dies in it holds the round until its reply, an error or the
         deadline comes.
     fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
-min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
-train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        As in :class:`flwr.serverapp.strategy.FedAvg`.
+min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
+        As in :class:`flwr.serverapp.strategy.FedAvg`. A round samples at least
+        ``min_replies`` (``2f + 1``) nodes when that many are connected.
+    train_metrics_aggr_fn, evaluate_metrics_aggr_fn : Callable, optional
+        As in :class:`flwr.serverapp.strategy.FedAvg`, given the accepted
+        (train) or valid (evaluate) replies' contents with their own example
+        claims. None (default): per metric key, the trimmed mean of
+        :func:`dstar_flwr.metrics.aggregate_metrics`, with the weights of
+        ``weighting``, non-finite values dropped and the ``num_byzantine``
+        largest and smallest values left out.
 
     Notes
     -----
@@ -115,13 +139,16 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         num_byzantine: int = 0,
         first_k: float = 0.8,
         min_replies: int | None = None,
+        variant: str = "anchored",
+        max_robust_z: float = DEFAULT_MAX_ROBUST_Z,
+        norm_test: bool = True,
         threshold_factor: float = 2.0,
         deviation_scale: str = "median",
         center: str = "ensemble",
-        cap_accepted: bool = True,
+        cap_accepted: bool | None = None,
         server_learning_rate: float = 1.0,
-        weighting: str = "num-examples",
-        weight_clip: float | None = 2.0,
+        weighting: str = "uniform",
+        example_cap: float | None = None,
         max_num_examples: float = 1e9,
         validation_train_fn: ValidationTrainFn | None = None,
         poll_interval: float = 0.05,
@@ -153,19 +180,24 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             num_byzantine=num_byzantine,
             first_k=first_k,
             min_replies=min_replies,
+            variant=variant,
+            max_robust_z=max_robust_z,
+            norm_test=norm_test,
             threshold_factor=threshold_factor,
             deviation_scale=deviation_scale,
             center=center,
             cap_accepted=cap_accepted,
             server_learning_rate=server_learning_rate,
             weighting=weighting,
-            weight_clip=weight_clip,
+            example_cap=example_cap,
             max_num_examples=max_num_examples,
         )
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval}.")
         self.validation_train_fn = validation_train_fn
         self.poll_interval = poll_interval
+        # The functions the user gave (None: DStar's bounded, trimmed aggregation).
+        self._user_metrics_aggr_fns = (train_metrics_aggr_fn, evaluate_metrics_aggr_fn)
         self._global_arrays: ArrayRecord | None = None
         self._global_layout: ArrayLayout | None = None
         self._message_ttl: float | None = None
@@ -181,19 +213,28 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         log(INFO, "\t├──> dSTAR settings:")
         log(INFO, "\t│\t├── f (num_byzantine): %d", rule.num_byzantine)
         log(INFO, "\t│\t├── first-k: %g | min replies: %d", rule.first_k, rule.min_valid_replies)
+        if rule.variant == "anchored":
+            log(
+                INFO,
+                "\t│\t├── filter: anchored | max robust z: %g | norm test: %s | cap k-f: %s",
+                rule.max_robust_z,
+                rule.norm_test,
+                bool(rule.cap_accepted),
+            )
+        else:
+            log(
+                INFO,
+                "\t│\t├── filter: paper | threshold: %g x %s scale | center: %s | cap k-f: %s",
+                rule.threshold_factor,
+                rule.deviation_scale,
+                rule.center,
+                rule.cap_accepted is not False,
+            )
         log(
             INFO,
-            "\t│\t├── threshold: %g x %s scale | center: %s | cap k-f: %s",
-            rule.threshold_factor,
-            rule.deviation_scale,
-            rule.center,
-            rule.cap_accepted,
-        )
-        log(
-            INFO,
-            "\t│\t├── weighting: %s (clip %s) | server lr: %g",
+            "\t│\t├── weighting: %s (example cap %s) | server lr: %g",
             rule.weighting,
-            rule.weight_clip,
+            rule.example_cap,
             rule.server_learning_rate,
         )
         log(
@@ -224,27 +265,33 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
 
         Sampling follows FedAvg's, among the nodes that are not busy: with
         ``skip_busy_nodes``, a node whose message of an earlier round is still
-        unanswered (and unexpired) is not sent another one.
+        unanswered (and unexpired) is not sent another one. A round samples at
+        least the ``min_replies`` (``2f + 1``) nodes it needs when that many are
+        connected, the busy ones too if the idle ones are too few. Under
+        :meth:`start`, when fewer are connected, it first waits up to the round
+        deadline for more to connect.
         """
         self._global_arrays = arrays
         self._global_layout = layout_of(arrays)
         if self.fraction_train == 0.0:
             return []
-        busy = self._busy_node_ids if self.skip_busy_nodes else set()
-        busy &= set(grid.get_node_ids())
-        idle_nodes = _IdleNodesView(grid, busy)
-        num_idle = len(idle_nodes.get_node_ids())
-        sample_size = max(int(num_idle * self.fraction_train), self.min_train_nodes)
-        if busy and num_idle < max(self.min_available_nodes, sample_size):
-            # Too few idle nodes: waiting for more would wait for the busy ones
-            # forever (their replies are only pulled while a round runs).
+        needed = self.rule.min_valid_replies
+        connected = set(grid.get_node_ids())
+        if self._running and len(connected) < needed:
+            connected = self._wait_for_nodes(grid, needed)
+        busy = (self._busy_node_ids if self.skip_busy_nodes else set()) & connected
+        num_idle = len(connected) - len(busy)
+        sample_size = self._train_sample_size(num_idle)
+        if busy and num_idle < max(self.min_available_nodes, sample_size, needed):
+            # Too few idle nodes for a round, or for Flower's sampling: waiting for
+            # more would wait for the busy ones forever (their replies are only
+            # pulled while a round runs).
             log(INFO, "configure_train: %s nodes busy, too few idle; sampling all", len(busy))
             busy = set()
-            idle_nodes = _IdleNodesView(grid, busy)
-            num_idle = len(idle_nodes.get_node_ids())
-            sample_size = max(int(num_idle * self.fraction_train), self.min_train_nodes)
+            num_idle = len(connected)
+            sample_size = self._train_sample_size(num_idle)
         node_ids, idle_node_ids = sample_nodes(
-            idle_nodes,  # type: ignore[arg-type]
+            _IdleNodesView(grid, busy),  # type: ignore[arg-type]
             self.min_available_nodes,
             sample_size,
         )
@@ -258,6 +305,27 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def _train_sample_size(self, num_idle: int) -> int:
+        """FedAvg's sample size, raised to the replies a round needs if that many are idle."""
+        flower_size = max(int(num_idle * self.fraction_train), self.min_train_nodes)
+        return max(flower_size, min(self.rule.min_valid_replies, num_idle))
+
+    def _wait_for_nodes(self, grid: Grid, needed: int) -> set[int]:
+        """The connected nodes, once ``needed`` are connected or the round deadline passed."""
+        connected = set(grid.get_node_ids())
+        deadline = time.monotonic() + (self._message_ttl or 0.0)
+        log(
+            INFO,
+            "configure_train: %s nodes connected, a round needs %s; waiting up to %.1fs for more",
+            len(connected),
+            needed,
+            self._message_ttl or 0.0,
+        )
+        while len(connected) < needed and (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(max(self.poll_interval, 0.1), remaining))
+            connected = set(grid.get_node_ids())
+        return connected
 
     def check_train_reply(self, reply: Message) -> str | None:
         """The reason to drop a training reply, or None if it can be aggregated."""
@@ -355,17 +423,34 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         report.record_aggregation(node_ids, outcome.aggregation)
         assert outcome.aggregation is not None and outcome.weights is not None
         arrays = unflatten_vector(outcome.weights, layout)
-        accepted_contents = [contents[i] for i in outcome.aggregation.accepted]
-        client_metrics = self._aggregate_client_metrics(accepted_contents)
+        accepted = outcome.aggregation.accepted
+        client_metrics = self._aggregate_client_metrics(
+            [contents[i] for i in accepted],
+            [parsed[i].num_examples for i in accepted],
+            "train",
+        )
         return arrays, client_metrics, report
 
-    def _aggregate_client_metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
+    def _aggregate_client_metrics(
+        self, contents: list[RecordDict], num_examples: list[float], kind: str
+    ) -> MetricRecord | None:
+        """The replies' client metrics: DStar's bounded trimmed mean, or the user's function."""
         if not contents:
             return None
+        user_fn = self._user_metrics_aggr_fns[0 if kind == "train" else 1]
         try:
-            return self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            if user_fn is not None:
+                return user_fn(contents, self.weighted_by_key)
+            return MetricRecord(
+                aggregate_metrics(
+                    [next(iter(content.metric_records.values())) for content in contents],
+                    self.rule.example_weights(num_examples),
+                    trim=self.rule.num_byzantine,
+                    exclude={self.weighted_by_key},
+                )
+            )
         except Exception as error:  # noqa: BLE001 - client metrics are not essential
-            log(WARNING, "dstar: could not aggregate client train metrics: %s", error)
+            log(WARNING, "dstar: could not aggregate client %s metrics: %s", kind, error)
             return None
 
     def aggregate_train(
@@ -381,7 +466,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         figures are added to it and it is logged there.
         """
         arrays, client_metrics, report = self.aggregate_round(server_round, replies)
-        report.num_sampled = report.num_received
+        report.num_sampled = report.k = report.num_received
         self.last_report = report
         if not self._running:
             report.log()
@@ -392,26 +477,30 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         server_round: int,
         replies: Iterable[Message],
     ) -> MetricRecord | None:
-        """Aggregate evaluation metrics, dropping malformed replies with a reason."""
+        """Aggregate evaluation metrics, dropping malformed replies with a reason.
+
+        A reply needs exactly one MetricRecord with a valid example count (as a
+        training reply's, at most ``max_num_examples``). The metrics are
+        aggregated as the training replies' are: with the weights of
+        ``weighting``, non-finite values dropped, and per key the
+        ``num_byzantine`` largest and smallest values left out.
+        """
         valid: list[RecordDict] = []
+        num_examples: list[float] = []
         for reply in replies:
-            reason = _evaluate_reply_problem(reply, self.weighted_by_key)
-            if reason is None:
+            try:
+                num_examples.append(
+                    _evaluate_num_examples(reply, self.weighted_by_key, self.rule.max_num_examples)
+                )
                 valid.append(reply.content)
-            else:
+            except MalformedReply as error:
                 log(
                     INFO,
                     "\t> Dropped the evaluate reply of node %s: %s",
                     reply.metadata.src_node_id,
-                    reason,
+                    error,
                 )
-        if not valid:
-            return None
-        try:
-            return self.evaluate_metrics_aggr_fn(valid, self.weighted_by_key)
-        except Exception as error:  # noqa: BLE001 - mismatched metric keys etc.
-            log(WARNING, "dstar: could not aggregate evaluate metrics: %s", error)
-            return None
+        return self._aggregate_client_metrics(valid, num_examples, "evaluate")
 
     # pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
     def start(
@@ -509,31 +598,34 @@ evaluate_fn
                 log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
                 self._busy_node_ids = collector.busy_node_ids()
                 messages = list(self.configure_train(current_round, arrays, train_config, grid))
-                k = self.rule.k_for(len(messages)) if messages else 0
-                log(
-                    INFO,
-                    "configure_train: waiting for the first %s of %s replies",
-                    k,
-                    len(messages),
-                )
-                collected = collector.collect(
-                    messages,
-                    server_round=current_round,
-                    k=k,
-                    timeout=timeout,
-                    check=self.check_train_reply,
-                )
-                # Through aggregate_train, so that wrappers of it (an omniscient
-                # adversary in simulations) see the round's replies.
-                new_arrays, train_metrics = self.aggregate_train(
-                    current_round, [*collected.kept, *(m for m, _ in collected.invalid)]
-                )
-                report = self.last_report
-                assert report is not None
-                report.num_sampled = collected.num_sampled
-                report.late_node_ids = collected.late_node_ids
-                report.num_drained_late = sum(d.arrived for d in collected.drained)
-                report.round_seconds = collected.seconds
+                k = self.rule.k_for(len(messages))
+                if k is None:
+                    # Too few nodes to aggregate: nothing is sent, the model is kept.
+                    report = RoundReport(server_round=current_round, num_sampled=len(messages))
+                    report.skip(self.rule.too_few_nodes(len(messages)), too_few_nodes=True)
+                    self.last_report = report
+                    new_arrays, train_metrics = None, report.to_metric_record()
+                else:
+                    self._log_k(k, len(messages))
+                    collected = collector.collect(
+                        messages,
+                        server_round=current_round,
+                        k=k,
+                        timeout=timeout,
+                        check=self.check_train_reply,
+                    )
+                    # Through aggregate_train, so that wrappers of it (an omniscient
+                    # adversary in simulations) see the round's replies.
+                    new_arrays, train_metrics = self.aggregate_train(
+                        current_round, [*collected.kept, *(m for m, _ in collected.invalid)]
+                    )
+                    report = self.last_report
+                    assert report is not None
+                    report.k = k
+                    report.num_sampled = collected.num_sampled
+                    report.late_node_ids = collected.late_node_ids
+                    report.num_drained_late = sum(d.arrived for d in collected.drained)
+                    report.round_seconds = collected.seconds
                 report.log()
                 if new_arrays is not None:
                     arrays = new_arrays
@@ -596,6 +688,21 @@ evaluate_fn
         log(INFO, "")
         return result
 
+    def _log_k(self, k: int, num_sampled: int) -> None:
+        """Log the round's k, and why when it is above what ``first_k`` gives."""
+        from_first_k = resolve_first_k(self.rule.first_k, num_sampled)
+        if k > from_first_k:
+            log(
+                INFO,
+                "configure_train: first_k=%g gives k=%s of %s sampled nodes; raised to %s, "
+                "the replies a round needs",
+                self.rule.first_k,
+                from_first_k,
+                num_sampled,
+                k,
+            )
+        log(INFO, "configure_train: waiting for the first %s of %s replies", k, num_sampled)
+
     @staticmethod
     def _restore(path: Path | None, initial_arrays: ArrayRecord) -> Checkpoint:
         """Load the checkpoint to resume from, checked against ``initial_arrays``."""
@@ -636,22 +743,14 @@ def _merge(first: MetricRecord | None, second: MetricRecord) -> MetricRecord:
     return merged
 
 
-def _evaluate_reply_problem(reply: Message, weighted_by_key: str) -> str | None:
+def _evaluate_num_examples(reply: Message, weighted_by_key: str, max_num_examples: float) -> float:
+    """An evaluate reply's checked example count; MalformedReply says why it has none."""
     if reply.has_error():
-        return f"error reply: {reply.error.reason}"
+        raise MalformedReply(f"error reply: {reply.error.reason}")
     records = reply.content.metric_records
     if len(records) != 1:
-        return f"expected exactly one MetricRecord, found {len(records)}"
-    metrics = next(iter(records.values()))
-    try:
-        read_num_examples(metrics, weighted_by_key, float("inf"))
-    except MalformedReply as error:
-        return str(error)
-    for key, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if not all(np.isfinite(v) for v in values):
-            return f"metric '{key}' is not finite"
-    return None
+        raise MalformedReply(f"expected exactly one MetricRecord, found {len(records)}")
+    return read_num_examples(next(iter(records.values())), weighted_by_key, max_num_examples)
 
 
 class _IdleNodesView:

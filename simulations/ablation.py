@@ -41,18 +41,24 @@ BASE: dict[str, object] = {
     "first-k": 10,
 }
 
+_PAPER: dict[str, object] = {"dstar-variant": "paper"}
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
-    "c=1.5": {"threshold-factor": 1.5},
-    "c=3": {"threshold-factor": 3.0},
-    "c=5": {"threshold-factor": 5.0},
-    "scale=validation": {"deviation-scale": "validation"},
-    "scale=max": {"deviation-scale": "max"},
+    "z=2.5": {"max-robust-z": 2.5},
+    "z=4": {"max-robust-z": 4.0},
+    "no-norm-test": {"norm-test": False},
     "no-validation": {"validation-update": False},
-    "center=clients": {"dstar-center": "clients"},
     "k=6": {"first-k": 6},
     "f=0": {"num-byzantine": 0},
     "f=4": {"num-byzantine": 4},
+    "paper": _PAPER,
+    "paper-c=1.5": {**_PAPER, "threshold-factor": 1.5},
+    "paper-c=3": {**_PAPER, "threshold-factor": 3.0},
+    "paper-c=5": {**_PAPER, "threshold-factor": 5.0},
+    "paper-scale=validation": {**_PAPER, "deviation-scale": "validation"},
+    "paper-scale=max": {**_PAPER, "deviation-scale": "max"},
+    "paper-no-validation": {**_PAPER, "validation-update": False},
+    "paper-center=clients": {**_PAPER, "dstar-center": "clients"},
 }
 ATTACKS: tuple[str, ...] = ("none", "gaussian", "alie", "ipm", "min-max")
 

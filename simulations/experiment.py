@@ -66,6 +66,9 @@ class ExperimentConfig:
     first_k: float
     num_byzantine: int
     min_replies: int | None
+    variant: str
+    max_robust_z: float
+    norm_test: bool
     threshold_factor: float
     deviation_scale: str
     center: str
@@ -73,6 +76,8 @@ class ExperimentConfig:
     validation_update: bool
     checkpoint_dir: Path | None = None
     resume: bool = False
+    weighting: str = "uniform"
+    example_cap: float | None = None
 
     def __post_init__(self) -> None:
         """Fail fast on settings that cannot work."""
@@ -88,6 +93,12 @@ class ExperimentConfig:
             raise ValueError("run config 'fedavg-timeout' must be > 0 seconds.")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise ValueError("run config 'fraction-evaluate' must be in [0, 1].")
+        if self.weighting == "num-examples" and self.example_cap is None:
+            raise ValueError(
+                "run config 'weighting' = 'num-examples' needs 'example-cap' > 0: your bound "
+                "on an honest node's example count (each claim is used as "
+                "min(claim, example-cap)). Set it, or use weighting = 'uniform'."
+            )
         if self.resume and self.checkpoint_dir is None:
             raise ValueError(
                 "run config 'resume' = true needs 'checkpoint-dir': the folder holding "
@@ -128,6 +139,9 @@ class ExperimentConfig:
             first_k=read_float(run_config, "first-k"),
             num_byzantine=read_int(run_config, "num-byzantine"),
             min_replies=read_int(run_config, "min-replies") or None,
+            variant=read_str(run_config, "dstar-variant"),
+            max_robust_z=read_float(run_config, "max-robust-z"),
+            norm_test=read_bool(run_config, "norm-test"),
             threshold_factor=read_float(run_config, "threshold-factor"),
             deviation_scale=read_str(run_config, "deviation-scale"),
             center=read_str(run_config, "dstar-center"),
@@ -135,6 +149,8 @@ class ExperimentConfig:
             validation_update=read_bool(run_config, "validation-update"),
             checkpoint_dir=Path(checkpoint_dir).expanduser() if checkpoint_dir else None,
             resume=read_bool(run_config, "resume"),
+            weighting=read_str(run_config, "weighting"),
+            example_cap=read_float(run_config, "example-cap") or None,
         )
 
 
@@ -183,10 +199,15 @@ def build_strategy(
         num_byzantine=config.num_byzantine,
         first_k=int(first_k) if first_k >= 1 else first_k,
         min_replies=config.min_replies,
+        variant=config.variant,
+        max_robust_z=config.max_robust_z,
+        norm_test=config.norm_test,
         threshold_factor=config.threshold_factor,
         deviation_scale=config.deviation_scale,
         center=config.center,
         server_learning_rate=config.server_learning_rate,
+        weighting=config.weighting,
+        example_cap=config.example_cap,
         validation_train_fn=validation_train_fn if config.validation_update else None,
         fraction_train=1.0,
         fraction_evaluate=config.fraction_evaluate,

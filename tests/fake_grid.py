@@ -14,10 +14,12 @@ Responder = Callable[[Message], RecordDict | Error | None]
 
 @dataclass
 class FakeNode:
-    """A node: its reply delay in seconds and what it replies."""
+    """A node: its reply delay in seconds, what it replies, and how far it shifts the
+    ``created_at`` it stamps on its replies (negative: back-dated)."""
 
     delay: float
     respond: Responder
+    created_at_shift: float = 0.0
 
 
 class FakeGrid(Grid):
@@ -82,7 +84,9 @@ class FakeGrid(Grid):
                 reply = Message(Error(code=0, reason="message expired"), reply_to=message)
             else:
                 reply = Message(answer, reply_to=message)
-                reply.metadata.created_at = message.metadata.created_at + node.delay
+                reply.metadata.created_at = (
+                    message.metadata.created_at + node.delay + node.created_at_shift
+                )
             del self._instructions[message_id]
             self.pulled_reply_ids.append(message_id)
             replies.append(reply)

@@ -16,7 +16,7 @@ def test_tables_put_variants_in_rows_and_attacks_in_columns() -> None:
     rows = [
         _row("default", "alie", 0.9, 0.0, 0.25),
         _row("default", "gaussian", 0.8, 1.0, 0.0),
-        _row("c=3", "alie", 0.7, 0.5, 0.125),
+        _row("paper-c=3", "alie", 0.7, 0.5, 0.125),
     ]
     text = ablation_tables(rows, ["alie", "gaussian"])
     sections = text.split("## ")[1:]
@@ -31,7 +31,7 @@ def test_tables_put_variants_in_rows_and_attacks_in_columns() -> None:
     cells = [c.strip() for c in default.strip("|").split("|")]
     assert [float(c) for c in cells[1:]] == [0.9, 0.8, 0.85, 0.8]
     # A missing cell is NaN and left out of the mean and the worst.
-    partial = next(line for line in accuracy_lines if line.startswith("| c=3"))
+    partial = next(line for line in accuracy_lines if line.startswith("| paper-c=3"))
     cells = [c.strip() for c in partial.strip("|").split("|")]
     assert float(cells[1]) == 0.7 and cells[2] == "—"
     assert float(cells[3]) == 0.7 and float(cells[4]) == 0.7

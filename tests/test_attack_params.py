@@ -20,7 +20,8 @@ ATTACK_KEYS = {
     "num-byzantine-nodes", "byzantine-fraction", "byzantine-partitions", "attack",
     "threat-model", "attack-scale", "gaussian-mode", "alie-z", "ipm-epsilon",
     "min-max-direction", "min-sum-bound", "non-finite-value", "non-finite-fraction",
-    "malformed-kind", "attack-estimation-batches",
+    "malformed-kind", "attack-estimation-batches", "tailored-direction", "tailored-surrogates",
+    "tailored-quorum", "tailored-trim-beta", "claimed-num-examples",
 }  # fmt: skip
 
 
@@ -46,6 +47,11 @@ def test_from_run_config_reads_every_key() -> None:
         non_finite_fraction=0.5,
         malformed_kind="wrong-names",
         attack_estimation_batches=4,
+        tailored_direction="sign",
+        tailored_surrogates=7,
+        tailored_quorum=5,
+        tailored_trim_beta=0.1,
+        claimed_num_examples=10_000,
     )
     assert AttackParams.from_run_config(config) == AttackParams(
         attacks=("alie", "ipm", "examples.custom_attack:noisy_mean"),
@@ -60,6 +66,11 @@ def test_from_run_config_reads_every_key() -> None:
         malformed_kind="wrong-names",
         estimation_batches=4,
         threat_model="omniscient",
+        tailored_direction="sign",
+        tailored_surrogates=7,
+        tailored_quorum=5,
+        tailored_trim_beta=0.1,
+        claimed_num_examples=10_000,
     )
 
 
@@ -85,6 +96,17 @@ def test_from_run_config_reads_every_key() -> None:
         ({"estimation_batches": 0}, "attack-estimation-batches must be an integer >= 1"),
         ({"estimation_batches": 2.0}, "attack-estimation-batches must be an integer"),
         ({"threat_model": "server"}, "threat-model.*client, omniscient"),
+        ({"tailored_direction": "-unit"}, "tailored-direction.*unit, sign, std"),
+        ({"tailored_surrogates": 0}, "tailored-surrogates must be an integer >= 1"),
+        ({"tailored_quorum": -1}, "tailored-quorum must be an integer >= 0"),
+        ({"tailored_quorum": 6}, "tailored-quorum = 6 exceeds tailored-surrogates = 5"),
+        ({"tailored_trim_beta": 0.5}, r"tailored-trim-beta must be in \[0, 0.5\)"),
+        ({"claimed_num_examples": -5}, "claimed-num-examples must be an integer >= 0"),
+        ({"claimed_num_examples": 1.5}, "claimed-num-examples must be an integer"),
+        (
+            {"attacks": ("tailored-dstar",)},
+            "tailored-dstar under threat-model 'client'.*attack-estimation-batches to 2",
+        ),
         (
             {"attacks": ("gaussian", "min-max")},
             "min-max under threat-model 'client'.*set attack-estimation-batches to 2 or more",

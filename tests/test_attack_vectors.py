@@ -58,7 +58,8 @@ def test_statistics_are_mean_and_population_std() -> None:
 def test_registry_names() -> None:
     assert set(VECTOR_ATTACKS) == {
         "none", "sign-flip", "gaussian", "alie", "ipm", "mimic", "min-max", "min-sum",
-        "non-finite",
+        "non-finite", "tailored-dstar", "tailored-fedmedian", "tailored-fedtrimmedavg",
+        "tailored-krum", "tailored-multikrum", "tailored-bulyan", "tailored-fltrust",
     }  # fmt: skip
     assert get_vector_attack("alie") is alie
     with pytest.raises(ValueError, match="unknown attack 'label-flip'"):
@@ -226,9 +227,10 @@ def test_non_finite_fraction(value: str, fraction: float, count: int) -> None:
 
 
 def test_every_attack_returns_one_vector_of_the_rows_dtype() -> None:
-    rows = np.random.default_rng(0).normal(size=(4, 7)).astype(np.float32)
+    # 12 rows: tailored-bulyan simulates Bulyan on f + h >= 4f + 3 updates.
+    rows = np.random.default_rng(0).normal(size=(12, 7)).astype(np.float32)
     for name, attack in VECTOR_ATTACKS.items():
-        out = apply_vector_attack(attack, rows, context())
+        out = apply_vector_attack(attack, rows, context(14, 2))
         assert out.shape == (7,), name
         assert out.dtype == np.float32, name
 

@@ -82,7 +82,7 @@ def _reference(
     weights: np.ndarray | None,
     center: str = "ensemble",
 ) -> dict[str, object]:
-    """The rule as the README states it, with np.median, np.linalg.norm and np.stack."""
+    """The paper's reading as the README states it, with np.median, np.linalg.norm, np.stack."""
     stack = np.stack(updates)
     dtype = stack.dtype
     finite = np.all(np.isfinite(stack), axis=1)
@@ -111,7 +111,6 @@ def _reference(
     accepted = tuple(sorted(int(i) for i in candidates))
     w = np.ones(len(updates)) if weights is None else np.asarray(weights, dtype=np.float64)
     kept = w[list(accepted)]
-    kept = np.minimum(kept, 2.0 * np.median(kept))
     kept = kept / kept.sum()
     aggregate = (kept[:, None] * stack[list(accepted)].astype(np.float64)).sum(axis=0)
     return {
@@ -120,6 +119,63 @@ def _reference(
         "validation_deviation": validation_deviation,
         "accepted": accepted,
         "non_finite": tuple(int(i) for i in np.flatnonzero(~finite)),
+        "threshold": threshold,
+        "aggregate": aggregate.astype(dtype),
+    }
+
+
+def _qn(values: np.ndarray) -> float:
+    """Qn written out: every pairwise difference sorted, the C(h, 2)-th taken."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    differences = sorted(abs(values[i] - values[j]) for i in range(n) for j in range(i + 1, n))
+    h = n // 2 + 1
+    small = {2: 0.399, 3: 0.994, 4: 0.512, 5: 0.844, 6: 0.611, 7: 0.857, 8: 0.669, 9: 0.872}
+    correction = small.get(n, n / (n + 1.4) if n % 2 else n / (n + 3.8))
+    return 2.2219 * correction * differences[h * (h - 1) // 2 - 1]
+
+
+def _anchored_reference(
+    updates: list[np.ndarray],
+    validation: np.ndarray | None,
+    weights: np.ndarray | None,
+    z: float = 3.0,
+) -> dict[str, object]:
+    """The anchored filter as the README states it, in plain numpy."""
+    stack = np.stack(updates)
+    dtype = stack.dtype
+    finite = np.all(np.isfinite(stack), axis=1)
+    if validation is not None and not np.all(np.isfinite(validation)):
+        validation = None
+    reference = (
+        validation.astype(dtype)
+        if validation is not None
+        else np.median(stack[finite], axis=0).astype(dtype)
+    )
+    deviations = np.full(len(updates), np.inf)
+    norms = np.full(len(updates), np.inf)
+    for i in np.flatnonzero(finite):
+        deviations[i] = np.linalg.norm((stack[i] - reference).astype(np.float64))
+        norms[i] = np.linalg.norm(stack[i].astype(np.float64))
+    eps = float(np.finfo(dtype).eps)
+    middle = float(np.median(deviations[finite]))
+    floor = middle + np.sqrt(eps) * (middle + np.linalg.norm(reference.astype(np.float64))) + eps
+    threshold = max(middle + z * _qn(deviations[finite]), floor)
+    norm_middle = float(np.median(norms[finite]))
+    band = max(z * _qn(norms[finite]), np.sqrt(eps) * norm_middle + eps)
+    accepted = tuple(
+        int(i)
+        for i in np.flatnonzero(finite)
+        if deviations[i] <= threshold and abs(norms[i] - norm_middle) <= band
+    )
+    w = np.ones(len(updates)) if weights is None else np.asarray(weights, dtype=np.float64)
+    kept = w[list(accepted)] / w[list(accepted)].sum()
+    aggregate = (kept[:, None] * stack[list(accepted)].astype(np.float64)).sum(axis=0)
+    return {
+        "center": reference,
+        "deviations": deviations,
+        "accepted": accepted,
         "threshold": threshold,
         "aggregate": aggregate.astype(dtype),
     }
@@ -170,6 +226,7 @@ def test_optimised_rule_matches_the_reference(path: str, case: tuple) -> None:
         validation=validation,
         weights=weights,
         center=center,  # type: ignore[arg-type]
+        variant="paper",
     )
     np.testing.assert_allclose(result.center, expected["center"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(result.deviations, expected["deviations"], rtol=1e-6)
@@ -185,12 +242,32 @@ def test_optimised_rule_matches_the_reference(path: str, case: tuple) -> None:
     np.testing.assert_allclose(result.aggregate, expected["aggregate"], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}-{c[6].__name__}" for c in CASES])
+def test_optimised_anchored_rule_matches_the_reference(path: str, case: tuple) -> None:
+    n, d, f, with_validation, bad_rows, weighted, dtype, _ = case
+    rng = np.random.default_rng(n * 1000 + d)
+    updates = [(rng.normal(size=d) * 0.1 + 1.0).astype(dtype) for _ in range(n)]
+    updates[1] = updates[1] * 30  # an outlier the filter rejects
+    for position, row in enumerate(bad_rows):
+        updates[row][rng.integers(d)] = np.nan if position % 2 == 0 else np.inf
+    validation = (rng.normal(size=d) * 0.1 + 1.0).astype(dtype) if with_validation else None
+    weights = rng.uniform(1, 10, size=n) if weighted else None
+    expected = _anchored_reference(updates, validation, weights)
+    result = dstar_aggregate(updates, num_byzantine=f, validation=validation, weights=weights)
+    np.testing.assert_allclose(result.center, expected["center"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(result.deviations, expected["deviations"], rtol=1e-6)
+    assert result.accepted == expected["accepted"]
+    assert 1 in result.rejected
+    assert result.threshold == pytest.approx(expected["threshold"], rel=1e-6)
+    np.testing.assert_allclose(result.aggregate, expected["aggregate"], rtol=1e-6, atol=1e-7)
+
+
 def test_non_finite_validation_is_dropped_on_both_paths(path: str) -> None:
     rng = np.random.default_rng(3)
     updates = [rng.normal(size=2000).astype(np.float32) for _ in range(5)]
     validation = rng.normal(size=2000).astype(np.float32)
     validation[7] = np.inf
-    result = dstar_aggregate(updates, num_byzantine=1, validation=validation)
+    result = dstar_aggregate(updates, num_byzantine=1, validation=validation, variant="paper")
     assert result.validation_deviation is None
     np.testing.assert_allclose(result.center, np.median(np.stack(updates), axis=0), rtol=1e-6)
 

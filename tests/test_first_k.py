@@ -1,5 +1,6 @@
 """First-k rounds against a scripted grid: the k earliest win, timeouts, late replies."""
 
+import logging
 import time
 
 import numpy as np
@@ -132,3 +133,110 @@ def test_error_replies_are_invalid() -> None:
     assert [m.metadata.src_node_id for m in collected.kept] == [2]
     assert "boom" in collected.invalid[0][1]
     assert np.isclose(len(collected.invalid), 1)
+
+
+def test_resolve_first_k_rounds_the_fraction_up_exactly() -> None:
+    """Regression: ``0.55 * 100`` is 55.000000000000007 in floating point, so k was 56."""
+    from fractions import Fraction
+    from math import ceil
+
+    wrong = []
+    for hundredths in range(1, 100):
+        fraction = hundredths / 100
+        for num_sampled in range(1, 101):
+            exact = max(1, min(num_sampled, ceil(Fraction(hundredths, 100) * num_sampled)))
+            if resolve_first_k(fraction, num_sampled) != exact:
+                wrong.append((fraction, num_sampled))
+    assert wrong == []
+    assert (resolve_first_k(0.55, 100), resolve_first_k(0.07, 100)) == (55, 7)
+    assert resolve_first_k(0.14, 50) == 7
+    assert resolve_first_k(np.float64(0.55), 100) == 55
+
+
+class _OnePullGrid(FakeGrid):
+    """A FakeGrid that answers nothing before ``hold`` seconds, then everything at once."""
+
+    def __init__(self, nodes: dict[int, FakeNode], hold: float) -> None:
+        super().__init__(nodes)
+        self.hold = hold
+        self._first_push: float | None = None
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        self._first_push = self._first_push or time.monotonic()
+        return super().push_messages(messages)
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        assert self._first_push is not None
+        if time.monotonic() < self._first_push + self.hold:
+            return []
+        return super().pull_messages(message_ids)
+
+
+def test_a_back_dated_reply_does_not_jump_the_queue() -> None:
+    """Regression: replies were ranked by the node's own ``created_at``.
+
+    Node 9 replies 50 ms after nodes 1 and 2 but back-dates its reply by a second;
+    all three land in one pull. The grid returns them in push order (1, 2, 9): the
+    server's order, not the node's claim, decides.
+    """
+    nodes = {1: FakeNode(0.05, _ok), 2: FakeNode(0.05, _ok), 9: FakeNode(0.1, _ok, -1.0)}
+    grid = _OnePullGrid(nodes, hold=0.2)
+    collected = FirstKCollector(grid, poll_interval=0.3).collect(
+        _messages(grid, 5.0), server_round=1, k=2, timeout=5.0, check=_check
+    )
+    assert [m.metadata.src_node_id for m in collected.kept] == [1, 2]
+    assert collected.late_node_ids == [9]
+
+
+class _RepeatingGrid(FakeGrid):
+    """A Grid that breaks Flower's contract: it returns node 1's reply twice in one pull."""
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        replies = list(super().pull_messages(message_ids))
+        return replies + [r for r in replies if r.metadata.src_node_id == 1]
+
+
+def test_a_reply_repeated_in_one_pull_is_dropped_not_a_key_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: the second copy raised KeyError in the collector."""
+    grid = _RepeatingGrid({n: FakeNode(0.01, _ok) for n in (1, 2, 3)})
+    with caplog.at_level(logging.INFO):
+        collected = FirstKCollector(grid, poll_interval=0.05).collect(
+            _messages(grid, 5.0), server_round=1, k=3, timeout=5.0, check=_check
+        )
+    assert sorted(m.metadata.src_node_id for m in collected.kept) == [1, 2, 3]
+    assert [m.metadata.src_node_id for m, _ in collected.discarded] == [1]
+    assert "repeated" in collected.discarded[0][1]
+    assert "repeated" in caplog.text
+
+
+class _SpoofingGrid(FakeGrid):
+    """A Grid that breaks Flower's contract: the first reply to node 1's message
+    claims to come from node 2, and comes before node 2's own reply."""
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        replies = list(super().pull_messages(message_ids))
+        for reply in replies:
+            if reply.metadata.src_node_id == 1 and not getattr(self, "spoofed", False):
+                reply.metadata.__dict__["_src_node_id"] = 2
+                self.spoofed = True
+        return replies
+
+
+def test_a_reply_from_another_node_than_the_destination_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: a reply from the wrong node was kept under that node and pushed out
+    that node's genuine reply."""
+    nodes = {1: FakeNode(0.01, _ok), 2: FakeNode(0.15, _ok), 3: FakeNode(0.05, _ok)}
+    grid = _SpoofingGrid(nodes)
+    with caplog.at_level(logging.INFO):
+        collected = FirstKCollector(grid, poll_interval=0.01).collect(
+            _messages(grid, 5.0), server_round=1, k=2, timeout=5.0, check=_check
+        )
+    assert [m.metadata.src_node_id for m in collected.kept] == [3, 2]
+    assert [m.metadata.src_node_id for m, _ in collected.discarded] == [2]
+    assert "sent to node 1" in collected.discarded[0][1]
+    assert collected.invalid == []
+    assert "sent to node 1" in caplog.text

@@ -471,9 +471,15 @@ CONFIGS: tuple[tuple[str, str, dict[str, Any], str | None, int], ...] = (
         150,
     ),
     (
-        "f1-min-replies-noclip",
+        "f1-min-replies-example-cap",
         "float32",
-        {"num_byzantine": 1, "min_replies": 4, "weight_clip": None, "threshold_factor": 1.0},
+        {
+            "num_byzantine": 1,
+            "min_replies": 4,
+            "weighting": "num-examples",
+            "example_cap": 50.0,
+            "threshold_factor": 1.0,
+        },
         None,
         150,
     ),

@@ -158,7 +158,7 @@ def test_aggregate_fit_takes_numpy_example_counts(caplog: pytest.LogCaptureFixtu
         parameters, metrics = strategy.aggregate_fit(1, results, [RuntimeError("lost")])
     assert parameters is not None
     assert _ids(metrics["malformed-node-ids"]) == {4}  # a boolean is not a count
-    assert metrics["num-received"] == 4 and metrics["num-accepted"] == 2
+    assert metrics["num-received"] == 4 and metrics["num-accepted"] == 3  # no k - f cap
     assert "lost" in caplog.text
 
 
@@ -388,3 +388,118 @@ def test_first_k_workflow_needs_a_legacy_context() -> None:
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(TypeError, match="LegacyContext"):
         FirstKFitWorkflow(round_timeout=1.0)(LegacyFakeGrid({}), context)  # type: ignore[arg-type]
+
+
+# --- regressions ------------------------------------------------------------------
+
+
+def test_legacy_inflated_example_counts_get_no_more_than_a_uniform_share() -> None:
+    """Regression: 3 of 10 replies claiming 1e9 examples took more than 3/10."""
+    for weighting in ({}, {"weighting": "num-examples", "example_cap": 100.0}):
+        strategy = DStarLegacy(num_byzantine=3, first_k=10, cap_accepted=False, **weighting)
+        start = np.zeros(23, np.float32)
+        proxies = _configured(strategy, range(1, 11), start)
+        rng = np.random.default_rng(7)
+        honest = [rng.normal(0.0, 0.1, 23) for _ in range(7)]
+        attack = honest[0] + 0.02 * np.eye(23)[0]
+        results = [(proxies[n], _fit_res(_split(honest[n - 1]), 100)) for n in range(1, 8)]
+        results += [(proxies[n], _fit_res(_split(attack), 10**9)) for n in range(8, 11)]
+        parameters, metrics = strategy.aggregate_fit(1, results, [])
+        assert parameters is not None
+        accepted = _ids(metrics["accepted-node-ids"])
+        attackers = accepted & {8, 9, 10}
+        assert len(attackers) == 3
+        honest_mean = np.mean([honest[n - 1] for n in accepted - attackers], axis=0)
+        direction = attack - honest_mean
+        aggregate = _join(parameters_to_ndarrays(parameters))
+        share = np.dot(aggregate - honest_mean, direction) / np.dot(direction, direction)
+        assert share == pytest.approx(len(attackers) / len(accepted), abs=1e-3), weighting
+
+
+def test_legacy_num_examples_weighting_needs_an_example_cap() -> None:
+    with pytest.raises(ValueError, match="example_cap"):
+        DStarLegacy(weighting="num-examples")
+    assert DStarLegacy().rule.weighting == "uniform"
+
+
+def test_legacy_fit_metrics_are_aggregated_within_the_honest_range() -> None:
+    """Client fit metrics: bounded weights, trimmed (legacy FedAvg reported none)."""
+    strategy = DStarLegacy(num_byzantine=1, first_k=4, cap_accepted=False)
+    start = np.zeros(23, np.float32)
+    proxies = _configured(strategy, range(1, 5), start)
+    rng = np.random.default_rng(5)
+    results = [(proxies[n], _fit_res(_honest_update(start, rng))) for n in range(1, 5)]
+    results[3][1].metrics = {"train-loss": 1e10}
+    results[3][1].num_examples = 10**9
+    _, metrics = strategy.aggregate_fit(1, results, [])
+    assert metrics["num-accepted"] == 4
+    assert metrics["train-loss"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("num_examples", "loss", "accuracy"),
+    [(10**300, 0.0, 0.0), (10**308, 1e10, 1e10), (10, 1e10, 1e10), (10, 0.5, float("nan"))],
+    ids=["1e300-examples", "1e308-examples", "hostile-value", "nan"],
+)
+def test_legacy_evaluate_stays_in_the_honest_range(
+    num_examples: int, loss: float, accuracy: float
+) -> None:
+    """Regression: legacy FedAvg weighted the loss by the claimed example counts."""
+    from flwr.common import EvaluateRes
+
+    strategy = DStarLegacy(num_byzantine=1)
+    proxies = _configured(strategy, range(1, 5), np.zeros(23, np.float32))
+    ok = Status(code=Code.OK, message="")
+    results = [
+        (proxies[n], EvaluateRes(ok, loss=0.5, num_examples=100, metrics={"eval-acc": 0.9}))
+        for n in (1, 2, 3)
+    ]
+    hostile = EvaluateRes(ok, loss=loss, num_examples=num_examples, metrics={"eval-acc": accuracy})
+    results.append((proxies[4], hostile))
+    loss_aggregated, metrics = strategy.aggregate_evaluate(1, results, [])
+    assert loss_aggregated == pytest.approx(0.5)
+    assert metrics["eval-acc"] == pytest.approx(0.9)
+
+
+def test_first_k_workflow_raises_k_to_2f_plus_1() -> None:
+    """Regression: 5 nodes, f = 2, first_k = 0.8 gave k = 4 < 5 and ended the run."""
+    grid = LegacyFakeGrid({n: _legacy_node(n, 0.01 * n) for n in range(1, 6)})
+    strategy = DStarLegacy(
+        num_byzantine=2,
+        first_k=0.8,
+        initial_parameters=ndarrays_to_parameters(_split(np.zeros(23, np.float32))),
+        fraction_evaluate=0.0,
+    )
+    context = _run_workflow(
+        grid, strategy, FirstKFitWorkflow(round_timeout=5.0, poll_interval=0.01), 1
+    )
+    fit = context.history.metrics_distributed_fit
+    assert [v for _, v in fit["k"]] == [5]
+    assert [v for _, v in fit["skipped"]] == [0]
+
+
+def test_first_k_workflow_skips_a_round_with_too_few_nodes() -> None:
+    """Regression: 2 nodes with f = 1 (a round needs 3) ended the run with a ValueError.
+    The round waits up to its deadline for a third node, then is skipped."""
+    grid = LegacyFakeGrid({n: _legacy_node(n, 0.01) for n in (1, 2)})
+    start = np.zeros(23, np.float32)
+    strategy = DStarLegacy(
+        num_byzantine=1,
+        first_k=0.8,
+        initial_parameters=ndarrays_to_parameters(_split(start)),
+        fraction_evaluate=0.0,
+    )
+    started = time.monotonic()
+    context = _run_workflow(
+        grid, strategy, FirstKFitWorkflow(round_timeout=0.5, poll_interval=0.01), 2
+    )
+    assert time.monotonic() - started < 5.0
+    fit = context.history.metrics_distributed_fit
+    assert [v for _, v in fit["skipped"]] == [1, 1]
+    assert [v for _, v in fit["skipped-too-few-nodes"]] == [1, 1]
+    assert "2 nodes sampled, a round needs 3" in fit["skip-reason"][0][1]
+    assert grid.pushed == []
+    final = parameters_to_ndarrays(
+        arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], True)
+    )
+    np.testing.assert_array_equal(_join(final), start)

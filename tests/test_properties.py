@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
 from dstar_flwr import aggregation
-from dstar_flwr.aggregation import CENTERS, SCALES, DStarAggregation, dstar_aggregate
+from dstar_flwr.aggregation import CENTERS, SCALES, VARIANTS, DStarAggregation, dstar_aggregate
 
 # Cases per property: 100 in the default suite (Hypothesis' "default" profile),
 # HYPOTHESIS_PROFILE=thorough for 1,000 (see tests/conftest.py).
@@ -50,19 +50,26 @@ def _aggregate(path: str, updates: list[NDArray[Any]], **kwargs: Any) -> DStarAg
 
 
 @st.composite
-def _settings(draw: st.DrawFn) -> dict[str, Any]:
+def _settings(draw: st.DrawFn, variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
     """The rule's keyword arguments besides the inputs and f."""
     return {
+        "variant": draw(st.sampled_from(variants)),
+        "max_robust_z": draw(st.floats(0.0, 6.0)),
+        "norm_test": draw(st.booleans()),
         "threshold_factor": draw(st.floats(0.25, 8.0)),
         "scale": draw(st.sampled_from(SCALES)),
         "center": draw(st.sampled_from(CENTERS)),
         "cap_accepted": draw(st.booleans()),
-        "weight_clip": draw(st.none() | st.floats(1.0, 10.0)),
     }
 
 
 @st.composite
-def _problems(draw: st.DrawFn, dtype: type, elements: st.SearchStrategy[float]) -> dict[str, Any]:
+def _problems(
+    draw: st.DrawFn,
+    dtype: type,
+    elements: st.SearchStrategy[float],
+    variants: tuple[str, ...] = VARIANTS,
+) -> dict[str, Any]:
     """n updates of length d (n <= 11, d <= 8), f, a validation update, weights, settings."""
     n = draw(st.integers(1, 11))
     d = draw(st.integers(1, 8))
@@ -74,7 +81,7 @@ def _problems(draw: st.DrawFn, dtype: type, elements: st.SearchStrategy[float]) 
         "num_byzantine": draw(st.integers(0, (n - 1) // 2)),
         "validation": validation,
         "weights": weights,
-        **draw(_settings()),
+        **draw(_settings(variants)),
     }
 
 
@@ -165,7 +172,7 @@ def test_translating_every_input_translates_the_output(
     bitwise identical (boundary cases such as a deviation equal to the threshold
     included), and the aggregate equal up to the rounding of the weighted mean.
     """
-    problem = data.draw(_problems(dtype, _dyadic()))
+    problem = data.draw(_problems(dtype, _dyadic(), variants=("paper",)))
     d = problem["updates"][0].shape[0]
     shift = data.draw(hnp.arrays(dtype, d, elements=_dyadic()))
     base = _aggregate(path, **problem)
@@ -202,7 +209,7 @@ def test_translation_keeps_well_separated_decisions_for_any_floats(
     kept; then the aggregate moves by t up to the rounding of the weighted mean,
     16 ulps of the largest value.
     """
-    problem = data.draw(_problems(np.float64, _bounded(np.float64)))
+    problem = data.draw(_problems(np.float64, _bounded(np.float64), variants=("paper",)))
     d = problem["updates"][0].shape[0]
     shift = data.draw(hnp.arrays(np.float64, d, elements=_bounded(np.float64)))
     base = _aggregate(path, **problem)
@@ -244,7 +251,7 @@ def test_scaling_by_a_power_of_two_scales_the_output_exactly(
     scales exactly. The result must be bitwise ``a`` times the original.
     """
     elements = _bounded(dtype).filter(lambda x: x == 0 or abs(x) > 1e-6)
-    problem = data.draw(_problems(dtype, elements))
+    problem = data.draw(_problems(dtype, elements, variants=("paper",)))
     factor = data.draw(st.sampled_from([-1.0, 1.0])) * 2.0 ** data.draw(st.integers(-8, 8))
     a = dtype(factor)
     base = _aggregate(path, **problem)
@@ -259,7 +266,10 @@ def test_scaling_by_a_power_of_two_scales_the_output_exactly(
     )
     assert scaled.accepted == base.accepted and scaled.source == base.source
     np.testing.assert_array_equal(scaled.deviations, abs(factor) * base.deviations)
-    assert scaled.threshold == abs(factor) * base.threshold
+    if base.scale == 0:  # the threshold is the absolute floor (eps): it does not scale
+        assert scaled.threshold == base.threshold == np.finfo(dtype).eps
+    else:
+        assert scaled.threshold == abs(factor) * base.threshold
     np.testing.assert_array_equal(scaled.center, a * base.center)
     np.testing.assert_array_equal(scaled.aggregate, a * base.aggregate)
 
@@ -338,7 +348,7 @@ def _honest_and_byzantine(draw: st.DrawFn, dtype: type) -> dict[str, Any]:
             "num_byzantine": f,
             "validation": validation,
             "weights": weights,
-            **draw(_settings()),
+            **draw(_settings(("paper",))),
         },
         "honest": np.array(honest, dtype=np.float64),
     }
@@ -352,6 +362,9 @@ def test_distance_to_the_honest_mean_is_bounded_by_the_honest_spread(
     path: str, dtype: type, data: st.DataObject
 ) -> None:
     """||F - mu|| <= B + c (R + B) <= ((1 + c) sqrt(min(|S|, d)) + c) R with <= f arbitrary inputs.
+
+    The paper's reading (``variant="paper"``); the anchored filter has its own
+    bound below.
 
     Setting: n = h + b >= 2f + 1 updates, b <= f of them arbitrary (any value,
     NaN and Inf included, at any position, with any weight), the other h honest;
@@ -398,6 +411,52 @@ def test_distance_to_the_honest_mean_is_bounded_by_the_honest_spread(
     assert distance <= bound + slack
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", PATHS)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_anchored_aggregate_stays_within_the_honest_band_around_v(
+    path: str, dtype: type, data: st.DataObject
+) -> None:
+    """The anchored filter with a finite v: ||F - v|| <= D_H + 2.2219 z R_H (+ the floor).
+
+    D_H is the largest honest deviation ``||u_i - v||`` and R_H the range of the
+    honest deviations. With b <= f < k / 2 arbitrary updates, the median of the
+    k deviations is at most D_H, and Qn takes the C(h', 2)-th smallest pairwise
+    difference, h' = k // 2 + 1 <= k - f: the honest deviations alone make that
+    many pairs, each at most R_H apart, so Qn <= 2.2219 R_H (its small-sample
+    correction is below 1). Every accepted update lies in the ball of that radius
+    around v, and so does their weighted mean.
+    """
+    drawn = data.draw(_honest_and_byzantine(dtype))
+    problem, honest = drawn["problem"], drawn["honest"]
+    d = honest.shape[1]
+    validation = data.draw(hnp.arrays(dtype, d, elements=_bounded(dtype, 100.0)))
+    z = data.draw(st.floats(0.0, 6.0))
+    problem = {
+        **problem,
+        "validation": validation,
+        "variant": "anchored",
+        "max_robust_z": z,
+        "norm_test": data.draw(st.booleans()),
+        "cap_accepted": data.draw(st.booleans()),
+    }
+    result = _aggregate(path, **problem)
+    v = validation.astype(np.float64)
+    honest_deviations = np.linalg.norm(honest - v, axis=1)
+    largest = float(honest_deviations.max())
+    spread = float(np.ptp(honest_deviations))
+    eps = float(np.finfo(dtype).eps)
+    floor = largest + math.sqrt(eps) * (largest + float(np.linalg.norm(v))) + eps
+    radius = max(largest + 2.2219 * z * spread, floor)
+    distance = float(np.linalg.norm(result.aggregate.astype(np.float64) - v))
+    slack = (1e-4 if dtype == np.float32 else 1e-9) * (1 + z) * (1 + float(np.abs(honest).max()))
+    assert set(result.accepted) <= {
+        i for i, dev in enumerate(result.deviations) if dev <= radius + slack
+    }
+    assert distance <= radius + slack
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_the_center_of_huge_finite_values_does_not_overflow(path: str) -> None:
     """Regression: the mean of the two middle values was summed before halving.
@@ -407,10 +466,12 @@ def test_the_center_of_huge_finite_values_does_not_overflow(path: str) -> None:
     """
     top = np.finfo(np.float32).max
     updates = [np.full(3, top, np.float32) for _ in range(3)]
-    result = _aggregate(path, updates, num_byzantine=0, validation=np.zeros(3, np.float32))
+    result = _aggregate(
+        path, updates, num_byzantine=0, validation=np.zeros(3, np.float32), variant="paper"
+    )
     np.testing.assert_array_equal(result.center, updates[0])
     np.testing.assert_array_equal(result.deviations, np.zeros(3))
-    assert result.threshold == 0.0
+    assert result.threshold == np.finfo(np.float32).eps  # the floor above a zero scale
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -419,7 +480,7 @@ def test_weights_whose_sum_overflows_still_give_their_weighted_mean(path: str) -
     updates = [np.array([1.0, 50.0]), np.array([2.0, 50.0]), np.array([3.0, 50.0])]
     huge = np.finfo(np.float64).max
     result = _aggregate(
-        path, updates, num_byzantine=0, weights=[huge, huge, huge / 2], weight_clip=None
+        path, updates, num_byzantine=0, weights=[huge, huge, huge / 2], variant="paper"
     )
     np.testing.assert_allclose(result.aggregate, [(1 + 2 + 1.5) / 2.5, 50.0], rtol=1e-12)
 
@@ -429,5 +490,5 @@ def test_a_mean_of_values_at_the_float64_maximum_stays_finite(path: str) -> None
     """Regression: the rounded weights (0.4, 0.6) carried the mean of two maxima to inf."""
     top = np.finfo(np.float64).max
     updates = [np.array([top, -top]), np.array([top, -top])]
-    result = _aggregate(path, updates, num_byzantine=0, weights=[1.0, 1.5], weight_clip=None)
+    result = _aggregate(path, updates, num_byzantine=0, weights=[1.0, 1.5], variant="paper")
     np.testing.assert_array_equal(result.aggregate, [top, -top])

@@ -94,3 +94,22 @@ def test_undecodable_array_bytes_are_refused() -> None:
     array_record["w"] = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=b"junk")
     with pytest.raises(MalformedReply, match=r"cannot be decoded|shape|dtype"):
         parse_train_reply(content, layout_of(_global()))
+
+
+def test_check_num_examples_takes_any_python_or_numpy_number() -> None:
+    """Legacy EvaluateRes counts are unchecked Python objects: a 400-digit int raised
+    OverflowError in ``math.isfinite``."""
+    from dstar_flwr.records import check_num_examples
+
+    assert check_num_examples(np.int64(12), "n", 1e9) == 12.0
+    assert check_num_examples(12.5, "n", 1e9) == 12.5
+    for value, reason in [
+        (10**400, "above the limit"),
+        (-(10**400), "not a positive number"),
+        (float("inf"), "not a positive number"),
+        (np.bool_(True), "not a number"),
+        (True, "not a number"),
+        ("12", "not a number"),
+    ]:
+        with pytest.raises(MalformedReply, match=reason):
+            check_num_examples(value, "n", 1e9)
