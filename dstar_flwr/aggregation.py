@@ -4,12 +4,14 @@ Nothing here knows about Flower: the inputs are 1-D float arrays (pseudo-gradien
 ``u_i = w_i - w``, in arrival order), the output is one aggregate update and the
 filter's bookkeeping. First-k selection happens before this, in the strategy.
 
-Our reading of the paper (full text unavailable) is documented in the README;
-every guess is a keyword argument here:
-
+Two filters (``variant``). ``"anchored"``, the default: deviations from the
+server's validation update, accepted within a robust z-score band (median and Qn
+of the deviations, and of the norms), chosen by ``python -m simulations.robustness``
+against rule-aware attacks. ``"paper"``: our reading of the paper (full text
+unavailable, see the README), where every guess is a keyword argument:
 ``threshold_factor`` (c), ``scale`` (how the deviations' scale s is estimated),
-``center`` (ensemble median with or without the validation update), the ``k - f``
-cap (``cap_accepted``), and how per-update ``weights`` are clipped.
+``center`` (ensemble median with or without the validation update) and the
+``k - f`` cap (``cap_accepted``). ``weights`` are trusted: bound any claim first.
 
 Cost: the inputs are never stacked into an (n, d) copy. With numba (a dependency)
 and inputs of at least ``_KERNEL_MIN_ELEMENTS`` values, one compiled pass computes
@@ -51,11 +53,14 @@ class DStarAggregation:
         updates; the center when none is accepted; zeros when there is no finite
         input at all (``source == "none"``).
     center : NDArray | None
-        The coordinate-wise (ensemble) median, or None when nothing was finite.
+        The reference the deviations are measured from: the validation update
+        (``"anchored"``; the clients' coordinate-wise median without one) or the
+        ensemble median (``"paper"``); None when nothing was finite.
     deviations : NDArray
         ``||u_i - center||_2`` per input update (``inf`` for non-finite updates).
     validation_deviation : float | None
-        ``||v - center||_2``, or None without a (finite) validation update.
+        ``||v - center||_2`` (0 when the center is ``v``), or None without a
+        (finite) validation update.
     accepted : tuple[int, ...]
         Indices into the input updates that were averaged, ascending.
     rejected : tuple[int, ...]
@@ -63,9 +68,11 @@ class DStarAggregation:
     non_finite : tuple[int, ...]
         Indices rejected because they held NaN or Inf.
     threshold : float
-        The deviation threshold ``c * s`` (``inf`` when no scale was defined).
+        The deviation threshold: ``median + z * Qn`` (``"anchored"``) or ``c * s``
+        (``"paper"``; ``inf`` when no scale was defined), never below a
+        rounding-size floor.
     scale : float
-        The robust scale ``s`` of the deviations.
+        ``"anchored"``: the median deviation; ``"paper"``: the robust scale ``s``.
     source : str
         ``"accepted"``, ``"center"`` (nothing accepted) or ``"none"``.
     """
@@ -860,10 +867,12 @@ def dstar_aggregate(
         norms = np.array([_squared_norm(rows[i]) for i in finite_rows]) ** 0.5
         middle, spread = robust_spread(norms)
         band = max(max_robust_z * spread, threshold_floor(0.0, middle, dtype))
-        outside = {
-            int(i) for i, norm in zip(finite_rows, norms, strict=True) if abs(norm - middle) > band
+        # Written as "within", not "not outside": an infinite norm minus an
+        # infinite median is NaN, and such an update must not pass.
+        within = {
+            int(i) for i, norm in zip(finite_rows, norms, strict=True) if abs(norm - middle) <= band
         }
-        candidates = [i for i in candidates if i not in outside]
+        candidates = [i for i in candidates if i in within]
     if cap_accepted:
         # Stable sort: ties keep arrival order, so the result does not depend on
         # anything but the updates' values and positions.

@@ -193,6 +193,19 @@ CASES = [
 ]
 
 
+def _inputs(case: tuple) -> tuple:
+    """A case's updates (row 1 an outlier, NaN/Inf rows), f, validation, weights, center."""
+    n, d, f, with_validation, bad_rows, weighted, dtype, center = case
+    rng = np.random.default_rng(n * 1000 + d)
+    updates = [(rng.normal(size=d) * 0.1 + 1.0).astype(dtype) for _ in range(n)]
+    updates[1] = updates[1] * 30  # an outlier the filter rejects
+    for position, row in enumerate(bad_rows):
+        updates[row][rng.integers(d)] = np.nan if position % 2 == 0 else np.inf
+    validation = (rng.normal(size=d) * 0.1 + 1.0).astype(dtype) if with_validation else None
+    weights = rng.uniform(1, 10, size=n) if weighted else None
+    return updates, f, validation, weights, center
+
+
 @pytest.fixture(params=["kernel", "numpy"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Force the compiled path (with small chunks and threads) or the numpy one."""
@@ -211,14 +224,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 @pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}-{c[6].__name__}-{c[7]}" for c in CASES])
 def test_optimised_rule_matches_the_reference(path: str, case: tuple) -> None:
-    n, d, f, with_validation, bad_rows, weighted, dtype, center = case
-    rng = np.random.default_rng(n * 1000 + d)
-    updates = [(rng.normal(size=d) * 0.1 + 1.0).astype(dtype) for _ in range(n)]
-    updates[1] = updates[1] * 30  # an outlier the filter rejects
-    for position, row in enumerate(bad_rows):
-        updates[row][rng.integers(d)] = np.nan if position % 2 == 0 else np.inf
-    validation = (rng.normal(size=d) * 0.1 + 1.0).astype(dtype) if with_validation else None
-    weights = rng.uniform(1, 10, size=n) if weighted else None
+    updates, f, validation, weights, center = _inputs(case)
+    dtype = updates[0].dtype
     expected = _reference(updates, f, validation, weights, center)
     result = dstar_aggregate(
         updates,
@@ -244,14 +251,7 @@ def test_optimised_rule_matches_the_reference(path: str, case: tuple) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}-{c[6].__name__}" for c in CASES])
 def test_optimised_anchored_rule_matches_the_reference(path: str, case: tuple) -> None:
-    n, d, f, with_validation, bad_rows, weighted, dtype, _ = case
-    rng = np.random.default_rng(n * 1000 + d)
-    updates = [(rng.normal(size=d) * 0.1 + 1.0).astype(dtype) for _ in range(n)]
-    updates[1] = updates[1] * 30  # an outlier the filter rejects
-    for position, row in enumerate(bad_rows):
-        updates[row][rng.integers(d)] = np.nan if position % 2 == 0 else np.inf
-    validation = (rng.normal(size=d) * 0.1 + 1.0).astype(dtype) if with_validation else None
-    weights = rng.uniform(1, 10, size=n) if weighted else None
+    updates, f, validation, weights, _ = _inputs(case)
     expected = _anchored_reference(updates, validation, weights)
     result = dstar_aggregate(updates, num_byzantine=f, validation=validation, weights=weights)
     np.testing.assert_allclose(result.center, expected["center"], rtol=1e-6, atol=1e-7)
