@@ -42,9 +42,10 @@ from typing import Literal
 
 import numpy as np
 
-from clients.config import read_float, read_int, read_str
+from clients.config import read_bool, read_float, read_int, read_str
 from clients.malformed import MALFORMED_KINDS
 from clients.plugins import is_dotted_path, resolve_plugin
+from dstar_flwr.aggregation import CENTERS, DEFAULT_MAX_ROBUST_Z, SCALES, VARIANTS
 
 THREAT_MODELS: tuple[str, ...] = ("client", "omniscient")
 GAUSSIAN_MODES: tuple[str, ...] = ("fixed", "scaled")
@@ -134,6 +135,12 @@ class AttackParams:
         ``claimed-num-examples`` >= 0: the ``num-examples`` every Byzantine
         node reports in its training replies, whatever it sends and under
         either threat model (example-count inflation); 0 = its true count.
+    dstar_variant, dstar_max_robust_z, dstar_norm_test, dstar_threshold_factor, \
+dstar_deviation_scale, dstar_center
+        The server's DStar settings (run-config ``dstar-variant``,
+        ``max-robust-z``, ``norm-test``, ``threshold-factor``,
+        ``deviation-scale``, ``dstar-center``): the rule ``tailored-dstar``
+        simulates. The adversary knows the rule and its settings.
     """
 
     attacks: tuple[str, ...] = ("none",)
@@ -153,6 +160,12 @@ class AttackParams:
     estimation_batches: int = 1
     threat_model: str = "client"
     claimed_num_examples: int = 0
+    dstar_variant: str = "anchored"
+    dstar_max_robust_z: float = DEFAULT_MAX_ROBUST_Z
+    dstar_norm_test: bool = True
+    dstar_threshold_factor: float = 2.0
+    dstar_deviation_scale: str = "median"
+    dstar_center: str = "ensemble"
 
     def __post_init__(self) -> None:
         names = self.attacks
@@ -185,6 +198,15 @@ class AttackParams:
                 f"0 = cut f at each end), got {self.tailored_trim_beta!r}"
             )
         _check_integer(self.claimed_num_examples, "claimed-num-examples", 0, "0 = honest count")
+        _check_choice(self.dstar_variant, "dstar-variant", VARIANTS)
+        _check_number(self.dstar_max_robust_z, "max-robust-z", minimum=0.0, hint="e.g. 3.0")
+        if not isinstance(self.dstar_norm_test, bool):
+            raise ValueError(f"norm-test must be true or false, got {self.dstar_norm_test!r}")
+        _check_number(
+            self.dstar_threshold_factor, "threshold-factor", minimum=0.0, strict=True, hint="2.0"
+        )
+        _check_choice(self.dstar_deviation_scale, "deviation-scale", SCALES)
+        _check_choice(self.dstar_center, "dstar-center", CENTERS)
         _check_choice(self.non_finite_value, "non-finite-value", NON_FINITE_VALUES)
         if not (_is_number(self.non_finite_fraction) and 0.0 < self.non_finite_fraction <= 1.0):
             raise ValueError(
@@ -224,7 +246,9 @@ class AttackParams:
             ``tailored-quorum``, ``tailored-trim-beta``, ``non-finite-value``,
             ``non-finite-fraction``, ``malformed-kind``,
             ``attack-estimation-batches``, ``threat-model``,
-            ``claimed-num-examples``.
+            ``claimed-num-examples``, and the DStar settings ``dstar-variant``,
+            ``max-robust-z``, ``norm-test``, ``threshold-factor``,
+            ``deviation-scale``, ``dstar-center``.
 
         Returns
         -------
@@ -249,7 +273,24 @@ class AttackParams:
             estimation_batches=read_int(run_config, "attack-estimation-batches"),
             threat_model=read_str(run_config, "threat-model"),
             claimed_num_examples=read_int(run_config, "claimed-num-examples"),
+            dstar_variant=read_str(run_config, "dstar-variant"),
+            dstar_max_robust_z=read_float(run_config, "max-robust-z"),
+            dstar_norm_test=read_bool(run_config, "norm-test"),
+            dstar_threshold_factor=read_float(run_config, "threshold-factor"),
+            dstar_deviation_scale=read_str(run_config, "deviation-scale"),
+            dstar_center=read_str(run_config, "dstar-center"),
         )
+
+    def dstar_rule_kwargs(self) -> dict[str, object]:
+        """The server's DStar settings as ``dstar_aggregate`` keywords."""
+        return {
+            "variant": self.dstar_variant,
+            "max_robust_z": self.dstar_max_robust_z,
+            "norm_test": self.dstar_norm_test,
+            "threshold_factor": self.dstar_threshold_factor,
+            "scale": self.dstar_deviation_scale,
+            "center": self.dstar_center,
+        }
 
     def attack_for_rank(self, rank: int) -> str:
         """The attack of the Byzantine partition with this rank (0 = lowest id).

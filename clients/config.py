@@ -124,6 +124,29 @@ def read_str(config: Mapping[str, object], key: str, *, source: str = RUN_CONFIG
     return value
 
 
+def read_bool(config: Mapping[str, object], key: str, *, source: str = RUN_CONFIG) -> bool:
+    """Return ``config[key]`` as a bool (true or false, not a number or a string).
+
+    Parameters
+    ----------
+    config : Mapping[str, object]
+        The configuration to read from.
+    key : str
+        The key to read.
+    source : str
+        What ``config`` is, used in the error message.
+
+    Returns
+    -------
+    bool
+        The value.
+    """
+    value = read_value(config, key, source=source)
+    if not isinstance(value, bool):
+        raise ValueError(f"{source} '{key}' must be true or false, got {value!r}; {_hint(source)}")
+    return value
+
+
 def read_optional_str(
     config: Mapping[str, object], key: str, *, source: str = RUN_CONFIG
 ) -> str | None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.config import read_float, read_value
+from clients.config import read_bool, read_float, read_value
 from clients.seeding import FAULT_STREAM, derive_seed
 
 # Sub-streams of FAULT_STREAM, so that the crash and the absence draws are independent.
@@ -172,13 +172,7 @@ class FaultConfig:
         def partitions(key: str) -> frozenset[int]:
             return parse_partitions(read_value(run_config, key), key, num_partitions)
 
-        fast_byzantine = read_value(run_config, "fast-byzantine")
-        if not isinstance(fast_byzantine, bool):
-            raise ValueError(
-                f"run config 'fast-byzantine' must be true or false, got {fast_byzantine!r}; "
-                "set it under [tool.flwr.app.config] in pyproject.toml or pass "
-                "`--run-config fast-byzantine=true`"
-            )
+        fast_byzantine = read_bool(run_config, "fast-byzantine")
         return cls(
             crash_partitions=partitions("crash-partitions"),
             crash_probability=read_float(run_config, "crash-probability"),

@@ -977,9 +977,9 @@ def tailored_vector_attack(
     ``f = context.num_byzantine``; ``params.tailored_direction``,
     ``tailored_surrogates`` and ``tailored_quorum``; for ``fedtrimmedavg``
     ``beta = params.tailored_trim_beta`` (0: cut f). The surrogates are seeded
-    by :func:`surrogate_seed`, not by ``context.rng``. The rules run with their
-    defaults otherwise (DStar: ``dstar_aggregate``'s defaults; MultiKrum:
-    ``m = k - f``).
+    by :func:`surrogate_seed`, not by ``context.rng``. DStar runs with the
+    server's settings (:meth:`AttackParams.dstar_rule_kwargs`); the other rules
+    with their defaults (MultiKrum: ``m = k - f``).
 
     Parameters
     ----------
@@ -999,6 +999,8 @@ def tailored_vector_attack(
     rule_kwargs: dict[str, Any] = {}
     if rule == "fedtrimmedavg":
         rule_kwargs["beta"] = params.tailored_trim_beta or None
+    if rule == "dstar":
+        rule_kwargs.update(params.dstar_rule_kwargs())
     return tailored_attack(
         honest_updates,
         context.num_byzantine,

@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore import log
 
-from clients.config import read_float, read_int, read_str, read_value
+from clients.config import read_bool, read_float, read_int, read_str
 from dstar_flwr import DStar
 from simulations.fltrust import FLTrust
 from simulations.timed_grid import DelegatingGrid
@@ -36,17 +36,6 @@ STRATEGIES: tuple[str, ...] = (
     "fedmedian",
     "fedtrimmedavg",
 )
-
-
-def read_bool(run_config: Mapping[str, object], key: str) -> bool:
-    """``run_config[key]`` as a bool, with an error that says where to set it."""
-    value = read_value(run_config, key)
-    if not isinstance(value, bool):
-        raise ValueError(
-            f"run config '{key}' must be true or false, got {value!r}: set it under "
-            "[tool.flwr.app.config] in pyproject.toml or pass it with --run-config."
-        )
-    return value
 
 
 # pylint: disable=too-many-instance-attributes

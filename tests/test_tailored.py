@@ -42,6 +42,7 @@ from clients.tailored import (
 )
 from dstar_flwr.aggregation import dstar_aggregate
 from simulations.fltrust import fltrust_aggregate
+from tests.node_support import run_config
 
 H, D, SEED = 12, 200, 0
 DIRECTIONS = ("unit", "sign", "std")
@@ -293,3 +294,41 @@ def test_registered_trimmed_mean_attack_uses_the_trim_beta() -> None:
     context = AttackContext(15, 3, np.random.default_rng(0), params)
     out = VECTOR_ATTACKS["tailored-fedtrimmedavg"](HONEST, context)
     np.testing.assert_allclose(out, tailored_attack(HONEST, 3, "fedtrimmedavg", beta=0.2))
+
+
+def test_registered_dstar_attack_simulates_the_servers_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The adversary knows the rule and its settings: tailored-dstar runs DStar with
+    # the run config's dstar-variant, max-robust-z, ... (here the paper's reading).
+    config = run_config(
+        attack="tailored-dstar",
+        threat_model="omniscient",
+        dstar_variant="paper",
+        threshold_factor=3.0,
+        norm_test=False,
+    )
+    params = AttackParams.from_run_config(config)
+    assert params.dstar_rule_kwargs() == {
+        "variant": "paper",
+        "max_robust_z": 3.0,
+        "norm_test": False,
+        "threshold_factor": 3.0,
+        "scale": "median",
+        "center": "ensemble",
+    }
+    seen: list[dict] = []
+
+    def spy(updates, *, num_byzantine, validation=None, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        return dstar_aggregate(
+            updates, num_byzantine=num_byzantine, validation=validation, **kwargs
+        )
+
+    monkeypatch.setattr(tailored, "dstar_aggregate", spy)
+    context = AttackContext(15, 3, np.random.default_rng(0), params)
+    apply_vector_attack(VECTOR_ATTACKS["tailored-dstar"], HONEST, context)
+    assert seen and all(kwargs["variant"] == "paper" for kwargs in seen)
+    assert all(kwargs["threshold_factor"] == 3.0 for kwargs in seen)
+    with pytest.raises(ValueError, match="dstar-variant"):
+        AttackParams(dstar_variant="median")
