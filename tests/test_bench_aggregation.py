@@ -75,6 +75,16 @@ def test_bulyan_gets_an_f_it_accepts() -> None:
 # --- the optimised rule against a straightforward reference -----------------------
 
 
+def _stacked(
+    updates: list[np.ndarray], validation: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The updates stacked, which rows are finite, and v (None when not finite)."""
+    stack = np.stack(updates)
+    if validation is not None and not np.all(np.isfinite(validation)):
+        validation = None
+    return stack, np.all(np.isfinite(stack), axis=1), validation
+
+
 def _reference(
     updates: list[np.ndarray],
     num_byzantine: int,
@@ -83,11 +93,8 @@ def _reference(
     center: str = "ensemble",
 ) -> dict[str, object]:
     """The paper's reading as the README states it, with np.median, np.linalg.norm, np.stack."""
-    stack = np.stack(updates)
+    stack, finite, validation = _stacked(updates, validation)
     dtype = stack.dtype
-    finite = np.all(np.isfinite(stack), axis=1)
-    if validation is not None and not np.all(np.isfinite(validation)):
-        validation = None
     members = stack[finite]
     if validation is not None and center == "ensemble":
         members = np.concatenate([members, validation[None, :].astype(dtype)])
@@ -143,11 +150,8 @@ def _anchored_reference(
     z: float = 3.0,
 ) -> dict[str, object]:
     """The anchored filter as the README states it, in plain numpy."""
-    stack = np.stack(updates)
+    stack, finite, validation = _stacked(updates, validation)
     dtype = stack.dtype
-    finite = np.all(np.isfinite(stack), axis=1)
-    if validation is not None and not np.all(np.isfinite(validation)):
-        validation = None
     reference = (
         validation.astype(dtype)
         if validation is not None
