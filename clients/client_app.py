@@ -39,8 +39,8 @@ def train(msg: Message, context: Context) -> Message:
         The reply.
     """
     settings = NodeSettings.from_context(context)
-    server_round = _server_round(msg)
-    result = run_train_round(settings, _received_arrays(msg), server_round)
+    server_round = server_round_of(msg)
+    result = run_train_round(settings, received_arrays(msg), server_round)
     return Message(content=train_reply_content(settings, result, server_round), reply_to=msg)
 
 
@@ -103,7 +103,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         The reply.
     """
     settings = NodeSettings.from_context(context)
-    loss, accuracy, num_examples = run_evaluate(settings, _received_arrays(msg))
+    loss, accuracy, num_examples = run_evaluate(settings, received_arrays(msg))
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": num_examples})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -142,13 +142,14 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _received_arrays(msg: Message) -> ArrayRecord:
+def received_arrays(msg: Message) -> ArrayRecord:
+    """Return the message's ``"arrays"`` record; raise ValueError when it has none."""
     if "arrays" not in msg.content or not isinstance(msg.content["arrays"], ArrayRecord):
         raise ValueError("the message has no ArrayRecord under 'arrays'")
     return msg.content["arrays"]
 
 
-def _server_round(msg: Message) -> int:
+def server_round_of(msg: Message) -> int:
     """Return ``config["server-round"]`` when the server sent it, else 0."""
     config = msg.content.get("config")
     if not isinstance(config, ConfigRecord) or "server-round" not in config:

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord
 
 from clients.attack_vectors import AttackContext, attack_kind, get_vector_attack
 from clients.attacks import attack_arrays, estimation_chunks, flip_labels, is_data_attack
+from clients.batched_training import TrainingJob
 from clients.data import DataConfig, load_client_partition
 from clients.datasets import get_dataset_spec
 from clients.faults import enact_fault, fault_for_round, skips_delay
@@ -129,31 +130,48 @@ def run_train_round(
         sleep=sleep,
     )
     x, y = load_node_data(settings)
-    seed = settings.data.seed
-    partition_id = settings.partition_id
-    byzantine = settings.role.is_byzantine
     started = time.perf_counter()
     local_arrays, train_loss = train_and_attack(settings, global_arrays, server_round, x, y)
     compute_seconds = time.perf_counter() - started
-    if skips_delay(settings.faults, is_byzantine=byzantine):
-        delay = 0.0  # fast Byzantine: reply at once, to be among the first k
-    else:
-        delay = delay_seconds(
-            settings.latency,
-            partition_id=partition_id,
-            num_partitions=settings.num_partitions,
-            is_straggler=settings.role.is_straggler,
-            is_byzantine=byzantine,
-            compute_seconds=compute_seconds,
-            server_round=server_round,
-            rng=np.random.default_rng(
-                derive_seed(seed, partition_id, server_round, LATENCY_STREAM)
-            ),
-        )
+    delay = reply_delay(settings, server_round, compute_seconds)
     if delay > 0:
         sleep(delay)
     num_examples = reported_num_examples(settings, len(y))
     return TrainResult(local_arrays, train_loss, num_examples, compute_seconds, delay)
+
+
+def reply_delay(settings: NodeSettings, server_round: int, compute_seconds: float) -> float:
+    """Seconds the node waits after training before it replies (its latency model).
+
+    Parameters
+    ----------
+    settings : NodeSettings
+        The node's settings.
+    server_round : int
+        The round, mixed into the latency seed.
+    compute_seconds : float
+        How long its local training took (some latency models scale it).
+
+    Returns
+    -------
+    float
+        The delay, >= 0; 0 for a fast Byzantine node, which replies at once to
+        be among the first k.
+    """
+    byzantine = settings.role.is_byzantine
+    if skips_delay(settings.faults, is_byzantine=byzantine):
+        return 0.0
+    seed, partition_id = settings.data.seed, settings.partition_id
+    return delay_seconds(
+        settings.latency,
+        partition_id=partition_id,
+        num_partitions=settings.num_partitions,
+        is_straggler=settings.role.is_straggler,
+        is_byzantine=byzantine,
+        compute_seconds=compute_seconds,
+        server_round=server_round,
+        rng=np.random.default_rng(derive_seed(seed, partition_id, server_round, LATENCY_STREAM)),
+    )
 
 
 def reported_num_examples(settings: NodeSettings, num_examples: int) -> int:
@@ -220,6 +238,8 @@ def train_and_attack(
     all of it, exactly as an honest node would), takes the m updates as its
     sample of honest updates, and sends ``w + attack(updates)``. The
     ``malformed`` attack trains honestly here; the ClientApp breaks the reply.
+    It is :func:`training_jobs`, each job trained alone, then
+    :func:`attacked_update` (a batched simulation trains many nodes' jobs at once).
 
     Parameters
     ----------
@@ -238,45 +258,109 @@ def train_and_attack(
         The weights to send and the mean training loss (over the chunks,
         weighted by their sizes).
     """
-    seed, partition_id = settings.data.seed, settings.partition_id
-    name = settings.attack_name if settings.attacks_at_node else None
-    kind = attack_kind(name) if name is not None else None
-    label_map = _poisoned_labels(settings, name) if name is not None else None
-    if kind == "vector" and settings.attack.estimation_batches > 1:
-        chunks = estimation_chunks(
-            len(y),
-            settings.attack.estimation_batches,
-            np.random.default_rng(derive_seed(seed, partition_id, server_round, ATTACK_STREAM, 1)),
-        )
-    else:
-        chunks = [None]
-    records: list[ArrayRecord] = []
-    loss_sum = 0.0
-    for chunk_number, indices in enumerate(chunks):
-        chunk_x, chunk_y = (x, y) if indices is None else (x[indices], y[indices])
-        training_seed = (
-            derive_seed(seed, partition_id, server_round, TRAINING_STREAM)
-            if indices is None
-            else derive_seed(seed, partition_id, server_round, TRAINING_STREAM, chunk_number + 1)
-        )
-        arrays, loss = train_from_arrays(
+    jobs = training_jobs(settings, server_round, x, y)
+    trained = [
+        train_from_arrays(
             global_arrays,
             settings.data.dataset,
-            chunk_x,
-            chunk_y,
+            job.x,
+            job.y,
             epochs=settings.training.epochs,
             batch_size=settings.training.batch_size,
             learning_rate=settings.training.learning_rate,
             device=select_device(settings.device),
-            seed=training_seed,
-            label_map=label_map,
+            seed=job.seed,
+            label_map=job.label_map,
         )
-        records.append(arrays)
-        loss_sum += loss * len(chunk_y)
-    train_loss = loss if len(records) == 1 else loss_sum / len(y)
+        for job in jobs
+    ]
+    return attacked_update(settings, global_arrays, server_round, jobs, trained)
+
+
+def training_jobs(
+    settings: NodeSettings, server_round: int, x: np.ndarray, y: np.ndarray
+) -> list[TrainingJob]:
+    """The local trainings the node runs this round (see :func:`train_and_attack`).
+
+    Parameters
+    ----------
+    settings : NodeSettings
+        The node's settings.
+    server_round : int
+        The round, mixed into the seeds.
+    x, y : np.ndarray
+        The node's data.
+
+    Returns
+    -------
+    list of TrainingJob
+        One job on all the data (with flipped labels for label flip), or one per
+        estimation chunk for a client-side vector attacker with m > 1.
+    """
+    seed, partition_id = settings.data.seed, settings.partition_id
+    name = settings.attack_name if settings.attacks_at_node else None
+    kind = attack_kind(name) if name is not None else None
+    label_map = _poisoned_labels(settings, name) if name is not None else None
+    if kind != "vector" or settings.attack.estimation_batches == 1:
+        training_seed = derive_seed(seed, partition_id, server_round, TRAINING_STREAM)
+        return [TrainingJob(x, y, training_seed, label_map)]
+    chunks = estimation_chunks(
+        len(y),
+        settings.attack.estimation_batches,
+        np.random.default_rng(derive_seed(seed, partition_id, server_round, ATTACK_STREAM, 1)),
+    )
+    return [
+        TrainingJob(
+            x[indices],
+            y[indices],
+            derive_seed(seed, partition_id, server_round, TRAINING_STREAM, chunk_number + 1),
+            label_map,
+        )
+        for chunk_number, indices in enumerate(chunks)
+    ]
+
+
+def attacked_update(
+    settings: NodeSettings,
+    global_arrays: ArrayRecord,
+    server_round: int,
+    jobs: list[TrainingJob],
+    trained: list[tuple[ArrayRecord, float]],
+) -> tuple[ArrayRecord, float]:
+    """What the node sends, from its trained jobs: the weights, or a client-side attack.
+
+    Parameters
+    ----------
+    settings : NodeSettings
+        The node's settings.
+    global_arrays : ArrayRecord
+        The weights the round started from.
+    server_round : int
+        The round, mixed into the attack's seed.
+    jobs : list of TrainingJob
+        Its :func:`training_jobs` for the round.
+    trained : list of (ArrayRecord, float)
+        The weights and mean loss of each job, in order.
+
+    Returns
+    -------
+    tuple of (ArrayRecord, float)
+        The weights to send and the mean training loss (over the jobs, weighted
+        by their sizes).
+    """
+    name = settings.attack_name if settings.attacks_at_node else None
+    kind = attack_kind(name) if name is not None else None
+    records = [arrays for arrays, _ in trained]
+    if len(trained) == 1:
+        train_loss = trained[0][1]
+    else:
+        sizes = [len(job.y) for job in jobs]
+        train_loss = sum(loss * size for (_, loss), size in zip(trained, sizes, strict=True))
+        train_loss /= sum(sizes)
     if kind != "vector":
         return records[-1], train_loss
     assert name is not None
+    seed, partition_id = settings.data.seed, settings.partition_id
     context = AttackContext(
         num_nodes=settings.num_partitions,
         num_byzantine=settings.role.num_byzantine,

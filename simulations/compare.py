@@ -8,10 +8,19 @@ since round 1 also warms up the nodes' workers), and how often the filter
 rejected the Byzantine and the honest replies among the first k; then the
 accuracy difference and the round-time ratio, all measured in this one run.
 
+``--engine flower`` (the default) runs each strategy on Flower's simulation
+engine, where every node's ClientApp trains on this machine's cores at once, so
+with many nodes on few cores CPU contention, not the latency model, can set the
+round time. ``--engine inprocess`` runs the same ServerApp against
+:mod:`simulations.inprocess`: the nodes' training is one batched pass whose time
+is shared among them, so they do not contend, and their latency delays set the
+round time, as across a deployment's links.
+
 Usage::
 
     python -m simulations.compare
     python -m simulations.compare -c "attack='sign-flip' attack-scale=4.0" --rounds 5
+    python -m simulations.compare --engine inprocess --num-supernodes 20
 """
 
 import argparse
@@ -23,6 +32,7 @@ from pathlib import Path
 from statistics import mean
 
 from simulations.experiment import STRATEGIES
+from simulations.inprocess import run_inprocess
 from simulations.launch import exit_on_sigterm, parse_overrides, run_simulation
 
 
@@ -79,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run-config overrides as TOML key=value pairs, as for simulations.launch",
     )
     parser.add_argument("--keep", type=Path, help="keep the results files in this folder")
+    parser.add_argument(
+        "--engine",
+        choices=("flower", "inprocess"),
+        default="flower",
+        help="Flower's simulation engine, or the in-process grid (nodes that do not contend)",
+    )
     args = parser.parse_args(argv)
     overrides = parse_overrides(parser, args.run_config)
     if args.rounds is not None:
@@ -89,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         results_dir = args.keep or Path(scratch)
         for strategy in args.strategies:
             print(f"running {strategy} ...", flush=True)
-            path = run_simulation(
+            run = run_simulation if args.engine == "flower" else run_inprocess
+            path = run(
                 {
                     **overrides,
                     "strategy": strategy,
@@ -102,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             rows[strategy] = summarize_run(path)
 
     print()
-    print(f"{args.num_supernodes} nodes; run-config overrides: {overrides or 'none'}")
+    print(
+        f"{args.num_supernodes} nodes, engine {args.engine}; "
+        f"run-config overrides: {overrides or 'none'}"
+    )
     print(format_table(rows))
     if "dstar" in rows:
         for other in (s for s in rows if s != "dstar"):
