@@ -724,16 +724,68 @@ def clean_section(index: GridIndex, strategies: Sequence[str]) -> str:
     )
 
 
+def worst_case_accuracy(
+    index: GridIndex, setting: Setting, fraction: float, strategy: str
+) -> tuple[float, str] | None:
+    """The lowest mean accuracy over the attacks that ran at one f/N, and its attack."""
+    means = {
+        attack: index.mean(attacked_key(setting, fraction, attack, strategy))
+        for attack in index.attacks()
+    }
+    finite_means = {a: m for a, m in means.items() if math.isfinite(m)}
+    if not finite_means:
+        return None
+    attack = min(finite_means, key=lambda a: finite_means[a])
+    return finite_means[attack], attack
+
+
+def worst_accuracy_table(
+    index: GridIndex,
+    setting: Setting,
+    strategies: Sequence[str],
+    fractions: Sequence[float] = FRACTIONS,
+) -> str:
+    """Strategy × f/N of the accuracy left under the worst attack, the highest in bold."""
+    worst = {
+        (s, f): worst_case_accuracy(index, setting, f, s) for s in strategies for f in fractions
+    }
+    best = {
+        f: max((round(w[0], 1) for s in strategies if (w := worst[s, f])), default=None)
+        for f in fractions
+    }
+    table = []
+    for s in strategies:
+        cells = []
+        for f in fractions:
+            w = worst[s, f]
+            if w is None:
+                na = all_not_applicable(index, setting, f, s)
+                cells.append("n/a" if na else "—")
+                continue
+            text = f"{w[0]:.1f} ({w[1]})"
+            cells.append(f"**{text}**" if round(w[0], 1) == best[f] else text)
+        table.append([s, *cells])
+    return markdown_table(["strategy", *(f"f/N = {f:g}" for f in fractions)], table)
+
+
 def drop_section(index: GridIndex, strategies: Sequence[str]) -> str:
-    """One worst-case-drop table per dataset/partition, MNIST-1D dir0.5 first."""
+    """Per dataset/partition, MNIST-1D dir0.5 first: worst-case drop and worst-case accuracy."""
     parts = [
         "### Worst-case drop\n\nPer strategy and f/N: the largest drop over the attacks of the "
         "mean final accuracy from the strategy's own clean accuracy (points), with the attack "
         "that causes it; the smallest drop of each column in bold. n/a: no attack applies "
-        "(Bulyan needs N ≥ 4f + 3); k/m attacks: only k of the m attacks have run."
+        "(Bulyan needs N ≥ 4f + 3); k/m attacks: only k of the m attacks have run. A rule "
+        "that learns little even without attack (Krum, FLTrust here) has little to lose, so "
+        "the second table of each setting gives the accuracy left under the worst attack "
+        "(mean over seeds, points; the highest of each column in bold)."
     ]
     for setting in SETTINGS:
-        parts.append(f"**{setting_name(setting)}**\n\n" + drop_table(index, setting, strategies))
+        name = setting_name(setting)
+        parts.append(f"**{name}**: worst-case drop\n\n" + drop_table(index, setting, strategies))
+        parts.append(
+            f"**{setting_name(setting)}**: accuracy under the worst attack\n\n"
+            + worst_accuracy_table(index, setting, strategies)
+        )
     return "\n\n".join(parts)
 
 
@@ -1122,9 +1174,15 @@ def plot_accuracy_vs_fraction(index: GridIndex, setting: Setting, path: Path) ->
 
 
 def _colours(strategies: Sequence[str]) -> dict[str, object]:
-    palette = plt.get_cmap("tab10")
-    order = list(ALL_STRATEGIES) + [s for s in strategies if s not in ALL_STRATEGIES]
-    return {s: palette(order.index(s) % 10) for s in strategies}
+    """One colour per strategy (tab10), and others (longer runs) from a second palette."""
+    palette, extra_palette = plt.get_cmap("tab10"), plt.get_cmap("Dark2")
+    extra = [s for s in strategies if s not in ALL_STRATEGIES]
+    return {
+        s: palette(ALL_STRATEGIES.index(s) % 10)
+        if s in ALL_STRATEGIES
+        else extra_palette(extra.index(s) % 8)
+        for s in strategies
+    }
 
 
 def plot_straggler_accuracy(rows: Sequence[Row], path: Path) -> None:
@@ -1150,7 +1208,7 @@ def plot_straggler_accuracy(rows: Sequence[Row], path: Path) -> None:
             if length:
                 times = np.nanmean([t[:length] for t, _ in curves], axis=0)
                 accuracy = np.nanmean([a[:length] for _, a in curves], axis=0)
-                thick = strategy == "dstar"
+                thick = strategy == "dstar" or strategy.startswith("dstar (")
                 axes.plot(
                     times,
                     accuracy,

@@ -309,3 +309,21 @@ def test_build_markdown_without_rows() -> None:
         assert heading in text
     assert "No straggler rows yet." in text
     assert "not determined" in text
+
+
+def test_worst_case_accuracy_is_the_lowest_attacked_mean_and_the_table_bolds_the_best() -> None:
+    from simulations.attack_grid_report import worst_accuracy_table, worst_case_accuracy
+
+    rows = [
+        ok_row("dstar", "alie", 0.2, 0.6),
+        ok_row("dstar", "alie", 0.2, 0.4, seed=1),
+        ok_row("dstar", "min-max", 0.2, 0.3),
+        ok_row("fedmedian", "alie", 0.2, 0.45),
+    ]
+    rows += [na_row("bulyan", attack, 0.3) for attack in attack_grid_report.ATTACKED]
+    index = index_rows(rows)
+    assert worst_case_accuracy(index, HEADLINE, 0.2, "dstar") == pytest.approx((30.0, "min-max"))
+    assert worst_case_accuracy(index, HEADLINE, 0.1, "dstar") is None
+    table = worst_accuracy_table(index, HEADLINE, ["dstar", "fedmedian", "bulyan"], (0.2, 0.3))
+    assert "**45.0 (alie)**" in table and "30.0 (min-max)" in table
+    assert "| bulyan | — | n/a |" in table
