@@ -28,10 +28,10 @@ from torch.nn import functional
 from clients.training import (
     Device,
     LabelMap,
-    _as_inputs,
-    _check_training_arguments,
-    _remap_labels,
+    as_inputs,
+    check_training_arguments,
     model_from_arrays,
+    remap_labels,
 )
 
 
@@ -112,7 +112,7 @@ def train_many(
         the model's state dict) and the mean training loss, as
         ``train_from_arrays`` returns them.
     """
-    _check_training_arguments(epochs, batch_size, learning_rate)
+    check_training_arguments(epochs, batch_size, learning_rate)
     if not jobs:
         return []
     device = torch.device(device)
@@ -213,8 +213,8 @@ def _padded_steps(
     targets = []
     schedules = []
     for job in jobs:
-        mapped = _remap_labels(job.y, job.label_map)
-        inputs.append(_as_inputs(job.x, mapped))
+        mapped = remap_labels(job.y, job.label_map)
+        inputs.append(as_inputs(job.x, mapped))
         targets.append(torch.tensor(np.asarray(mapped), dtype=torch.int64))
         schedules.append(
             batch_schedule(len(mapped), epochs=epochs, batch_size=batch_size, seed=job.seed)

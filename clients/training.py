@@ -45,7 +45,7 @@ class LocalTrainingConfig:
     learning_rate: float
 
     def __post_init__(self) -> None:
-        _check_training_arguments(self.epochs, self.batch_size, self.learning_rate)
+        check_training_arguments(self.epochs, self.batch_size, self.learning_rate)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> LocalTrainingConfig:
@@ -152,9 +152,9 @@ def train_model(
         Mean training loss over every example of every epoch, each taken when its
         batch was processed.
     """
-    _check_training_arguments(epochs, batch_size, learning_rate)
-    labels = _remap_labels(y, label_map)
-    inputs = _as_inputs(x, labels)
+    check_training_arguments(epochs, batch_size, learning_rate)
+    labels = remap_labels(y, label_map)
+    inputs = as_inputs(x, labels)
     device = torch.device(device)
     model.to(device)
     model.train()
@@ -208,7 +208,7 @@ def evaluate_model(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     labels = np.asarray(y)
-    inputs = _as_inputs(x, labels)
+    inputs = as_inputs(x, labels)
     device = torch.device(device)
     model.to(device)
     model.eval()
@@ -340,7 +340,8 @@ def _to_array_record(model: nn.Module) -> ArrayRecord:
     return ArrayRecord(state)
 
 
-def _as_inputs(x: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+def as_inputs(x: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    """``x`` as a float32 tensor, after checking one label per example and some examples."""
     if labels.ndim != 1 or len(x) != len(labels):
         raise ValueError(
             f"need one label per example: x has {len(x)} examples, y has shape {labels.shape}"
@@ -351,7 +352,8 @@ def _as_inputs(x: np.ndarray, labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(np.asarray(x, dtype=np.float32))
 
 
-def _remap_labels(y: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
+def remap_labels(y: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
+    """``y`` relabelled by ``label_map`` (an array indexed by label, or a function)."""
     labels = np.asarray(y)
     if label_map is None:
         return labels
@@ -362,7 +364,8 @@ def _remap_labels(y: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
     return mapped
 
 
-def _check_training_arguments(epochs: int, batch_size: int, learning_rate: float) -> None:
+def check_training_arguments(epochs: int, batch_size: int, learning_rate: float) -> None:
+    """Raise ValueError naming the run-config key of an invalid local-training setting."""
     for key, value in (("local-epochs", epochs), ("batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
