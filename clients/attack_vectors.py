@@ -7,7 +7,7 @@ It returns the one update of shape ``(d,)`` that a Byzantine node sends. Under
 the two threat models the rows are:
 
 - *omniscient*: every honest update of the round (the server-side wrapper in
-  ``clients.omniscient`` calls these functions);
+  ``simulations.app.omniscient`` calls these functions);
 - *client*: the attacker's own estimate sample, ``m`` updates it computed from
   the global weights on ``m`` disjoint chunks of its own data
   (run-config ``attack-estimation-batches``); with ``m = 1`` the one row is its

@@ -42,7 +42,7 @@ The criterion of each rule:
 - ``krum``: a copy is the update Flower's Krum selects, ``argsort(scores)[:1]``
   with Flower's scores (:func:`krum_scores`, :func:`krum_selects`);
 - ``multikrum``: all copies are among the ``m`` MultiKrum selects, ``m = k - f``
-  by default (what ``simulations.experiment`` configures; Flower's own default
+  by default (what ``simulations.app.experiment`` configures; Flower's own default
   of 1 is Krum), :func:`multikrum_selects`;
 - ``bulyan``: all copies are among the ``theta = k - 2f`` updates that the
   selection stage of Flower's message-API ``Bulyan`` keeps: its default
@@ -233,7 +233,7 @@ def fltrust_trust(update: np.ndarray, root_update: np.ndarray) -> float:
     Returns
     -------
     float
-        The score in ``[0, 1]``, as ``simulations.fltrust.fltrust_aggregate``
+        The score in ``[0, 1]``, as ``simulations.baselines.fltrust.fltrust_aggregate``
         computes it.
     """
     u = np.asarray(update, dtype=np.float64)
@@ -337,7 +337,7 @@ def multikrum_selects(
     num_byzantine : int
         f >= 1, the copies and MultiKrum's ``num_malicious_nodes``.
     num_selected : int, optional
-        m; None: ``k - f`` (``k = f + h``), as ``simulations.experiment`` sets
+        m; None: ``k - f`` (``k = f + h``), as ``simulations.app.experiment`` sets
         ``num_nodes_to_select`` (Flower's own default, 1, is Krum).
 
     Returns

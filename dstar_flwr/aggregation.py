@@ -6,7 +6,7 @@ filter's bookkeeping. First-k selection happens before this, in the strategy.
 
 Two filters (``variant``). ``"anchored"``, the default: deviations from the
 server's validation update, accepted within a robust z-score band (median and Qn
-of the deviations, and of the norms), chosen by ``python -m simulations.robustness``
+of the deviations, and of the norms), chosen by ``python -m simulations.benchmarks.robustness``
 against rule-aware attacks. ``"paper"``: our reading of the paper (full text
 unavailable, see the README), where every guess is a keyword argument:
 ``threshold_factor`` (c), ``scale`` (how the deviations' scale s is estimated),
@@ -17,7 +17,7 @@ Cost: the inputs are never stacked into an (n, d) copy. With numba (a dependency
 and inputs of at least ``_KERNEL_MIN_ELEMENTS`` values, one compiled pass computes
 the center and all deviations, and a second one the weighted mean of the accepted
 updates (see "the compiled path" below); smaller inputs take an equivalent numpy
-path. ``simulations/bench_aggregation.py`` measures both against a plain mean and
+path. ``simulations/benchmarks/bench_aggregation.py`` measures both against a plain mean and
 Flower's robust aggregation functions.
 """
 
@@ -775,7 +775,7 @@ def dstar_aggregate(
         The filter, see above.
     max_robust_z : float (default: 3.0)
         ``"anchored"``: the largest accepted robust z-score of a deviation.
-        Chosen by ``python -m simulations.robustness``.
+        Chosen by ``python -m simulations.benchmarks.robustness``.
     threshold_factor : float (default: 2.0)
         ``"paper"``: c, the multiple of the scale up to which a deviation is
         accepted. A guess.

@@ -8,7 +8,7 @@ round logic, DStar's first-k rounds included. Two uses ship with the project:
 - :class:`DropMalformedReplies` drops the replies that cannot be aggregated
   (with the reason in the log). Flower's built-in strategies exit the ServerApp
   on one such reply; behind this guard they go on.
-- ``clients.omniscient.OmniscientAttack`` (simulations) rewrites the Byzantine
+- ``simulations.app.omniscient.OmniscientAttack`` (simulations) rewrites the Byzantine
   nodes' replies with attacks computed from all honest replies of the round.
 
 During :meth:`InterceptedStrategy.start` the wrapper shadows the wrapped

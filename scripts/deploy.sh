@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
   bash scripts/setup.sh
 fi
 . .venv/bin/activate
-python -m simulations.deploy "$@"
+python -m simulations.federation.deploy "$@"

@@ -1,6 +1,6 @@
 """The ablation report's tables."""
 
-from simulations.ablation import ablation_tables
+from simulations.benchmarks.ablation import ablation_tables
 
 
 def _row(variant: str, attack: str, accuracy: float, byzantine: float, honest: float) -> dict:

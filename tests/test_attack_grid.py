@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from simulations.attack_grid import (
+from simulations.benchmarks.attack_grid import (
     ATTACKS,
     PARTITIONS,
     PRESETS,
@@ -17,7 +17,7 @@ from simulations.attack_grid import (
     collect_rows,
     main,
 )
-from simulations.inprocess import default_run_config
+from simulations.federation.inprocess import default_run_config
 
 
 def _cell(**changes: object) -> Cell:

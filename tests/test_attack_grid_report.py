@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations import attack_grid_report
-from simulations.attack_grid_report import (
+from simulations.benchmarks import attack_grid_report
+from simulations.benchmarks.attack_grid_report import (
     BEGIN,
     END,
     HEADLINE,
@@ -121,7 +121,7 @@ def test_worst_case_drop_takes_the_largest_drop_and_names_its_attack() -> None:
 
 
 def test_worst_case_drop_ignores_not_applicable_rows_and_tables_show_missing_cells() -> None:
-    from simulations.attack_grid import ALL_ATTACKS
+    from simulations.benchmarks.attack_grid import ALL_ATTACKS
 
     attacks = [a for a in ALL_ATTACKS if a != "none"]
     rows = [
@@ -312,7 +312,7 @@ def test_build_markdown_without_rows() -> None:
 
 
 def test_worst_case_accuracy_is_the_lowest_attacked_mean_and_the_table_bolds_the_best() -> None:
-    from simulations.attack_grid_report import worst_accuracy_table, worst_case_accuracy
+    from simulations.benchmarks.attack_grid_report import worst_accuracy_table, worst_case_accuracy
 
     rows = [
         ok_row("dstar", "alie", 0.2, 0.6),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.launch import run_simulation
+from simulations.federation.launch import run_simulation
 
 pytestmark = pytest.mark.simulation
 

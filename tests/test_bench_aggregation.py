@@ -9,7 +9,7 @@ import pytest
 
 from dstar_flwr import aggregation
 from dstar_flwr.aggregation import coordinate_median, dstar_aggregate, median_network
-from simulations import bench_aggregation as bench
+from simulations.benchmarks import bench_aggregation as bench
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

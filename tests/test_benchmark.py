@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations import benchmark
-from simulations.benchmark import GRIDS, Cell, Grid, collect_rows, row_of, write_rows
-from simulations.benchmark_report import markdown_table, write_report
+from simulations.benchmarks import benchmark
+from simulations.benchmarks.benchmark import GRIDS, Cell, Grid, collect_rows, row_of, write_rows
+from simulations.benchmarks.benchmark_report import markdown_table, write_report
 
 
 def _grid(**changes: object) -> Grid:
@@ -89,7 +89,7 @@ def test_rows_and_report_from_results_files(tmp_path: Path) -> None:
     with (tmp_path / "rows.csv").open() as stream:
         assert len(list(csv.DictReader(stream))) == 4
     report = tmp_path / "docs" / "bench.md"
-    write_report(rows, report, command="python -m simulations.benchmark", machine="test")
+    write_report(rows, report, command="python -m simulations.benchmarks.benchmark", machine="test")
     text = report.read_text()
     assert "| fedavg | 0.940 | 0.400 | 0.540 |" in text  # no attack, ipm, worst drop
     assert (tmp_path / "docs" / "figures" / "bench-accuracy-per-round.png").stat().st_size > 0

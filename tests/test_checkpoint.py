@@ -18,8 +18,8 @@ from hypothesis.extra import numpy as hnp
 from dstar_flwr import Checkpoint, CheckpointError, DStar, load_checkpoint, save_checkpoint
 from dstar_flwr import checkpoint as checkpoint_module
 from dstar_flwr.checkpoint import layout_differences
-from simulations.experiment import ExperimentConfig
-from simulations.results import NodeRoles, RoundRow, write_results
+from simulations.app.experiment import ExperimentConfig
+from simulations.app.results import NodeRoles, RoundRow, write_results
 
 from .fake_grid import FakeGrid, FakeNode
 from .node_support import run_config
@@ -431,7 +431,7 @@ def test_round_rows_survive_the_checkpoint_state(tmp_path: Path) -> None:
 @pytest.mark.simulation
 @pytest.mark.slow  # the deployment test stops and resumes a run in the default suite
 def test_simulation_resumes_after_the_checkpointed_round(tmp_path: Path) -> None:
-    from simulations.launch import run_simulation
+    from simulations.federation.launch import run_simulation
 
     common = {
         "num-byzantine-nodes": 1,

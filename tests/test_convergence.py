@@ -1,4 +1,4 @@
-"""The convergence study on L2-regularised least squares (simulations.convergence)."""
+"""The convergence study on L2-regularised least squares (simulations.benchmarks.convergence)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from simulations.convergence import (
+from simulations.benchmarks.convergence import (
     RunConfig,
     fit_rate,
     main,

@@ -35,8 +35,11 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 
 from dstar_flwr.checkpoint import load_checkpoint
-from simulations.certificates import generate_server_certificates, generate_supernode_keys
-from simulations.deploy import (
+from simulations.federation.certificates import (
+    generate_server_certificates,
+    generate_supernode_keys,
+)
+from simulations.federation.deploy import (
     DeploymentError,
     LocalFederation,
     StartedRun,

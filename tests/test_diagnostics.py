@@ -11,19 +11,20 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from clients.omniscient import OmniscientAttack
 from dstar_flwr import DStar
 from dstar_flwr.interception import DropMalformedReplies
-from simulations.adversary import probe_of, wrap_strategy
-from simulations.diagnostics import (
+from simulations.app.adversary import probe_of, wrap_strategy
+from simulations.app.diagnostics import (
     HonestMeanProbe,
     ReplyLogGrid,
     filter_precision_recall,
     resilience,
 )
-from simulations.experiment import ExperimentConfig, FedAvgTimeout, build_strategy
-from simulations.fltrust import FLTrust
-from simulations.results import NodeRoles, RoundRow, summarize, write_results
+from simulations.app.experiment import ExperimentConfig, build_strategy
+from simulations.app.omniscient import OmniscientAttack
+from simulations.app.results import NodeRoles, RoundRow, summarize, write_results
+from simulations.baselines.fedavg_timeout import FedAvgTimeout
+from simulations.baselines.fltrust import FLTrust
 
 from .fake_grid import FakeGrid, FakeNode
 from .node_support import run_config

@@ -7,7 +7,7 @@ import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.simulation import app as simulation_app
 
-from simulations.engine import ENGINE_WORKERS_ENV, engine_path
+from simulations.federation.engine import ENGINE_WORKERS_ENV, engine_path
 
 
 def _run_script(path: Path, monkeypatch: pytest.MonkeyPatch) -> int | str | None:
@@ -56,7 +56,7 @@ def test_script_imports_nothing_from_this_project(tmp_path: Path) -> None:
 
 
 def test_max_parallel_below_one_is_refused() -> None:
-    from simulations.launch import run_simulation
+    from simulations.federation.launch import run_simulation
 
     with pytest.raises(ValueError, match="max_parallel must be >= 1"):
         run_simulation({}, num_supernodes=3, max_parallel=0)

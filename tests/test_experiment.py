@@ -2,7 +2,7 @@
 
 import pytest
 
-from simulations.experiment import ExperimentConfig
+from simulations.app.experiment import ExperimentConfig
 
 from .node_support import run_config
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Error, Message, RecordDict
 
-from simulations.experiment import ExperimentConfig, build_strategy
-from simulations.fltrust import FLTrust, fltrust_aggregate
+from simulations.app.experiment import ExperimentConfig, build_strategy
+from simulations.baselines.fltrust import FLTrust, fltrust_aggregate
 
 from .fake_grid import FakeGrid, FakeNode
 from .node_support import run_config

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from clients.attacks import flatten_arrays
 from clients.client_app import train
 from clients.models import build_model
-from simulations.inprocess import FIRST_NODE_ID, InProcessGrid, run_inprocess
+from simulations.federation.inprocess import FIRST_NODE_ID, InProcessGrid, run_inprocess
 
 from .node_support import run_config
 
@@ -149,7 +149,7 @@ def test_run_inprocess_runs_the_server_app_and_writes_its_results(tmp_path) -> N
 
 
 def test_compare_runs_in_process(capsys) -> None:
-    from simulations.compare import main
+    from simulations.benchmarks.compare import main
 
     config = "latency-model='none' num-stragglers=0 local-epochs=1 attack='sign-flip'"
     assert (
@@ -169,8 +169,8 @@ def test_the_in_process_engine_reproduces_flowers_engine(tmp_path, strategy: str
     rounding), so on the two engines they draw different surrogates and agree only in
     distribution.
     """
-    from simulations.attack_grid import Cell, Settings
-    from simulations.launch import run_simulation
+    from simulations.benchmarks.attack_grid import Cell, Settings
+    from simulations.federation.launch import run_simulation
 
     settings = Settings(num_nodes=10, rounds=3)
     cell = Cell("digits", "dir0.5", 0.2, attack, strategy, "true", 0)

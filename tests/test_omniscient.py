@@ -4,8 +4,8 @@ import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
-from clients.omniscient import OmniscientAdversary
 from dstar_flwr import DStar
+from simulations.app.omniscient import OmniscientAdversary
 
 from .fake_grid import FakeGrid, FakeNode
 from .test_strategy import TARGET, _model, _start, _vector, honest

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.reference_rules import REFERENCE_RULES
-from simulations.robustness import (
+from simulations.benchmarks.reference_rules import REFERENCE_RULES
+from simulations.benchmarks.robustness import (
     Setting,
     cosine,
     main,

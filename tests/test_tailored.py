@@ -41,7 +41,7 @@ from clients.tailored import (
     tailored_gamma,
 )
 from dstar_flwr.aggregation import dstar_aggregate
-from simulations.fltrust import fltrust_aggregate
+from simulations.baselines.fltrust import fltrust_aggregate
 from tests.node_support import run_config
 
 H, D, SEED = 12, 200, 0

@@ -12,15 +12,15 @@ accuracy difference and the round-time ratio, all measured in this one run.
 engine, where every node's ClientApp trains on this machine's cores at once, so
 with many nodes on few cores CPU contention, not the latency model, can set the
 round time. ``--engine inprocess`` runs the same ServerApp against
-:mod:`simulations.inprocess`: the nodes' training is one batched pass whose time
+:mod:`simulations.federation.inprocess`: the nodes' training is one batched pass whose time
 is shared among them, so they do not contend, and their latency delays set the
 round time, as across a deployment's links.
 
 Usage::
 
-    python -m simulations.compare
-    python -m simulations.compare -c "attack='sign-flip' attack-scale=4.0" --rounds 5
-    python -m simulations.compare --engine inprocess --num-supernodes 20
+    python -m simulations.benchmarks.compare
+    python -m simulations.benchmarks.compare -c "attack='sign-flip' attack-scale=4.0" --rounds 5
+    python -m simulations.benchmarks.compare --engine inprocess --num-supernodes 20
 """
 
 import argparse
@@ -31,9 +31,9 @@ import tempfile
 from pathlib import Path
 from statistics import mean
 
-from simulations.experiment import STRATEGIES
-from simulations.inprocess import run_inprocess
-from simulations.launch import exit_on_sigterm, parse_overrides, run_simulation
+from simulations.app.experiment import STRATEGIES
+from simulations.federation.inprocess import run_inprocess
+from simulations.federation.launch import exit_on_sigterm, parse_overrides, run_simulation
 
 
 def _mean(values: list[float]) -> float:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "--run-config",
         action="append",
         default=[],
-        help="run-config overrides as TOML key=value pairs, as for simulations.launch",
+        help="run-config overrides as TOML key=value pairs, as for simulations.federation.launch",
     )
     parser.add_argument("--keep", type=Path, help="keep the results files in this folder")
     parser.add_argument(

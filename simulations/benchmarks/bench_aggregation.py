@@ -33,9 +33,10 @@ tables and the target check at N = 50, d = 1e6: ``dstar / mean-stream`` (target
 
 Usage::
 
-    python -m simulations.bench_aggregation             # the full grid (long)
-    python -m simulations.bench_aggregation --quick     # N {10, 50} x d {1e5, 1e6}
-    python -m simulations.bench_aggregation --sizes 50 --dims 1e6 --methods mean-stream,dstar
+    python -m simulations.benchmarks.bench_aggregation             # the full grid (long)
+    python -m simulations.benchmarks.bench_aggregation --quick     # N {10, 50} x d {1e5, 1e6}
+    python -m simulations.benchmarks.bench_aggregation --sizes 50 --dims 1e6 \\
+        --methods mean-stream,dstar
 """
 
 import argparse

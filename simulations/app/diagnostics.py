@@ -37,7 +37,7 @@ from dstar_flwr.records import (
     layout_of,
     parse_train_reply,
 )
-from simulations.timed_grid import TimedGrid
+from simulations.app.timed_grid import TimedGrid
 
 NAN = float("nan")
 RESILIENCE_KEYS = ("cosine_to_honest", "rho", "relative_error")

@@ -9,8 +9,9 @@ and stops the SuperLink by its PID afterwards.
 
 Usage::
 
-    python -m simulations.launch                                   # the default experiment
-    python -m simulations.launch --num-supernodes 20 -c "strategy='fedavg' num-server-rounds=5"
+    python -m simulations.federation.launch  # the default experiment
+    python -m simulations.federation.launch --num-supernodes 20 \\
+        -c "strategy='fedavg' num-server-rounds=5"
 """
 
 import argparse
@@ -30,9 +31,9 @@ from pathlib import Path
 
 import httpx
 
-from simulations.engine import ENGINE_WORKERS_ENV, engine_path
+from simulations.federation.engine import ENGINE_WORKERS_ENV, engine_path
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 60.0
 
 
@@ -60,7 +61,7 @@ def private_superlink(work_dir: Path, engine_workers: int) -> Iterator[dict[str,
     """Start a simulation SuperLink on free ports; yield the env for ``flwr run``.
 
     Its simulation engine runs up to ``engine_workers`` ClientApp messages at once
-    (see :mod:`simulations.engine`).
+    (see :mod:`simulations.federation.engine`).
     """
     http_port, control_port, fleet_port = _free_port(), _free_port(), _free_port()
     env = os.environ.copy()

@@ -4,7 +4,7 @@ It builds the strategy from the run config, computes the server's validation
 update (dSTAR's, and FLTrust's root update) on the trusted split, evaluates the
 global model on the held-out test split every round, measures every round's
 resilience (the aggregate against the mean honest update that reached the
-aggregation, see :mod:`simulations.diagnostics`), prints a per-round table and
+aggregation, see :mod:`simulations.app.diagnostics`), prints a per-round table and
 writes the run's results (per round accuracy, loss, rejected and late nodes,
 round seconds, resilience, the full config) to ``<results-dir>/<run-name>.json``.
 
@@ -37,10 +37,10 @@ from clients.training import (
     train_from_arrays,
 )
 from dstar_flwr import Checkpoint, load_checkpoint
-from simulations.adversary import probe_of, transform_log, wrap_strategy
-from simulations.diagnostics import RESILIENCE_KEYS, HonestMeanProbe, ReplyLogGrid, TrainCall
-from simulations.experiment import ExperimentConfig, build_strategy
-from simulations.results import (
+from simulations.app.adversary import probe_of, transform_log, wrap_strategy
+from simulations.app.diagnostics import RESILIENCE_KEYS, HonestMeanProbe, ReplyLogGrid, TrainCall
+from simulations.app.experiment import ExperimentConfig, build_strategy
+from simulations.app.results import (
     TABLE_HEADER,
     NodeRoles,
     RoundRow,

@@ -1,6 +1,6 @@
 """The benchmark grid: strategies x attacks x Byzantine fraction x stragglers x data x seeds.
 
-Every cell is one simulation on Flower's engine (see :mod:`simulations.launch`),
+Every cell is one simulation on Flower's engine (see :mod:`simulations.federation.launch`),
 written as ``<out>/runs/<cell-id>.json``; a cell whose file exists is skipped,
 so an interrupted grid resumes where it stopped. A cell whose simulation fails
 is run again (``--retries``, default 1); one that still fails leaves its errors
@@ -11,12 +11,12 @@ with tables and matplotlib figures is written.
 
 Usage::
 
-    python -m simulations.benchmark --grid small                 # ~20 runs, < 30 min on 2 cores
-    python -m simulations.benchmark --grid full                  # every combination
-    python -m simulations.benchmark --grid paper                 # Fashion-MNIST, CIFAR-10 (CNN)
-    python -m simulations.benchmark --grid strong                # every strategy, 30% Byzantine
-    python -m simulations.benchmark --grid smoke --out /tmp/b    # DStar and FLTrust, 2 rounds (CI)
-    python -m simulations.benchmark --report-only                # rebuild the report
+    python -m simulations.benchmarks.benchmark --grid small  # ~20 runs, < 30 min on 2 cores
+    python -m simulations.benchmarks.benchmark --grid full                  # every combination
+    python -m simulations.benchmarks.benchmark --grid paper  # Fashion-MNIST, CIFAR-10 (CNN)
+    python -m simulations.benchmarks.benchmark --grid strong  # every strategy, 30% Byzantine
+    python -m simulations.benchmarks.benchmark --grid smoke --out /tmp/b
+    python -m simulations.benchmarks.benchmark --report-only                # rebuild the report
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from statistics import mean
 from tqdm import tqdm
 
 from clients.datasets import DATASET_NAMES, load_dataset
-from simulations.launch import exit_on_sigterm, run_simulation
+from simulations.federation.launch import exit_on_sigterm, run_simulation
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = APP_DIR / "results" / "benchmark"
 DEFAULT_REPORT = APP_DIR / "docs" / "benchmark.md"
 
@@ -107,7 +107,7 @@ class Grid:
     """The axes of a grid.
 
     ``max_parallel`` caps the nodes whose messages run at once (see
-    :func:`~simulations.launch.run_simulation`); None, as in every preset, runs
+    :func:`~simulations.federation.launch.run_simulation`); None, as in every preset, runs
     every node at once, as round times under stragglers need. A cap starts faster
     and takes less memory, for grids of many nodes whose round times do not matter.
     """
@@ -397,11 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         parser.error(f"no finished runs under {args.out}/runs")
     write_rows(rows, args.out)
-    from simulations.benchmark_report import write_report  # matplotlib only when reporting
+    from simulations.benchmarks.benchmark_report import (
+        write_report,  # matplotlib only when reporting
+    )
 
     # The command that produces the runs (not this report-only or quiet invocation).
     flags = [a for a in (argv or sys.argv[1:]) if a not in ("--report-only", "--no-progress")]
-    command = " ".join(["python -m simulations.benchmark", *flags])
+    command = " ".join(["python -m simulations.benchmarks.benchmark", *flags])
     write_report(
         rows,
         args.report,

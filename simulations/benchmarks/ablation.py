@@ -8,8 +8,8 @@ Every (variant, attack) is one simulation, written as
 
 Usage::
 
-    python -m simulations.ablation                      # all variants x 5 attacks (~45 min)
-    python -m simulations.ablation --variants default c=3 --attacks alie
+    python -m simulations.benchmarks.ablation  # all variants x 5 attacks (~45 min)
+    python -m simulations.benchmarks.ablation --variants default c=3 --attacks alie
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from simulations.benchmark import collect_rows, write_rows
-from simulations.benchmark_report import markdown_table
-from simulations.launch import exit_on_sigterm, run_simulation
+from simulations.benchmarks.benchmark import collect_rows, write_rows
+from simulations.benchmarks.benchmark_report import markdown_table
+from simulations.federation.launch import exit_on_sigterm, run_simulation
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 
 NUM_NODES = 10
 BYZANTINE = 2
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     run_ablation(args.variants, args.attacks, args.out, seed=args.seed)
     rows = collect_rows(args.out)
     write_rows(rows, args.out)
-    command = " ".join(["python -m simulations.ablation", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m simulations.benchmarks.ablation", *(argv or sys.argv[1:])])
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(
         "# DStar ablations\n\n"

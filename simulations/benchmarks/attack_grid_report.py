@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from simulations.attack_grid import ALL_ATTACKS, ALL_STRATEGIES, FRACTIONS, SEEDS
+from simulations.benchmarks.attack_grid import ALL_ATTACKS, ALL_STRATEGIES, FRACTIONS, SEEDS
 
 Row = Mapping[str, object]
 # dataset, partition, f/N, attack, strategy, f-estimate
@@ -1289,7 +1289,7 @@ def write_report(rows: list[dict], report: Path, *, figures: Path) -> None:
     Parameters
     ----------
     rows
-        The grid's rows (:func:`simulations.attack_grid.collect_rows`).
+        The grid's rows (:func:`simulations.benchmarks.attack_grid.collect_rows`).
     report
         The markdown file; created when missing, text outside the markers kept.
     figures

@@ -15,10 +15,11 @@ dependencies. Everything started is stopped on exit, on errors and on SIGTERM.
 
 Usage::
 
-    python -m simulations.deploy                      # the default experiment, 10 SuperNodes
-    python -m simulations.deploy --num-supernodes 5 --node-config "4:latency-seconds=3.0" \\
+    python -m simulations.federation.deploy  # the default experiment, 10 SuperNodes
+    python -m simulations.federation.deploy --num-supernodes 5 \\
+        --node-config "4:latency-seconds=3.0" \\
         -c "num-server-rounds=3 num-byzantine-nodes=1 num-byzantine=1 first-k=4"
-    python -m simulations.deploy --insecure ...       # no TLS, no SuperNode authentication
+    python -m simulations.federation.deploy --insecure ...  # no TLS, no SuperNode authentication
 
 As a library::
 
@@ -49,13 +50,13 @@ from types import TracebackType
 
 import httpx
 
-from simulations.certificates import (
+from simulations.federation.certificates import (
     ServerCertificates,
     SuperNodeKeys,
     generate_server_certificates,
     generate_supernode_keys,
 )
-from simulations.launch import (
+from simulations.federation.launch import (
     APP_DIR,
     _free_port,
     exit_on_sigterm,
@@ -833,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     exit_on_sigterm()
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.deploy",
+        prog="python -m simulations.federation.deploy",
         description=__doc__.split("\n\n")[0],
         epilog="See docs/deployment.md for running SuperNodes on other machines.",
     )
@@ -868,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="DIR",
         help="use DIR/ca.pem, DIR/server.pem and DIR/server.key instead of new ones "
-        "(python -m simulations.certificates DIR writes them)",
+        "(python -m simulations.federation.certificates DIR writes them)",
     )
     parser.add_argument(
         "--work-dir",

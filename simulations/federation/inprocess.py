@@ -3,7 +3,7 @@
 Flower's simulation engine pays a few seconds to start Ray and a SuperLink for
 every run, and trains each node's round in its own actor. A benchmark of
 thousands of runs cannot afford either on two cores. :func:`run_inprocess`
-runs the project's ServerApp main (:func:`simulations.server_app.main`,
+runs the project's ServerApp main (:func:`simulations.app.server_app.main`,
 unchanged: the strategies exactly as built for Flower's engine, the omniscient
 adversary, the diagnostics and the results file) against :class:`InProcessGrid`,
 a Flower ``Grid`` whose nodes are the ClientApp's own code in this process:
@@ -64,7 +64,7 @@ from clients.node import (
 from clients.settings import NodeSettings
 from clients.training import select_device
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 FIRST_NODE_ID = 1001  # node ids are partition id + this, as arbitrary as a SuperLink's
 
 Handler = Callable[[Message, Context], Message]
@@ -383,8 +383,8 @@ def run_inprocess(
     Path
         ``<results-dir>/<run-name>.json``, as the ServerApp writes it.
     """
-    from simulations.experiment import ExperimentConfig
-    from simulations.server_app import main
+    from simulations.app.experiment import ExperimentConfig
+    from simulations.app.server_app import main
 
     run_config = default_run_config(app_dir)
     unknown = sorted(set(overrides) - set(run_config))

@@ -1,13 +1,13 @@
 """What stands between a simulation's replies and its strategy.
 
-- Under ``threat-model = "omniscient"``, an :class:`~clients.omniscient.OmniscientAttack`
+- Under ``threat-model = "omniscient"``, an :class:`~simulations.app.omniscient.OmniscientAttack`
   replaces the Byzantine nodes' replies with vector attacks computed from all
   honest replies of the round (data and reply attacks still act at the node).
 - Flower's built-in strategies end the ServerApp on one malformed reply; a
   :class:`~dstar_flwr.interception.DropMalformedReplies` guard in front of them
   drops such replies (with the reason in the log) so that the experiment goes
   on. DStar and FLTrust check replies themselves and need no guard.
-- Last, for every strategy, a :class:`~simulations.diagnostics.HonestMeanProbe`
+- Last, for every strategy, a :class:`~simulations.app.diagnostics.HonestMeanProbe`
   records the mean honest update of the replies the strategy aggregates (after
   the attack and the guard) for the round's resilience diagnostics. It changes
   nothing.
@@ -26,12 +26,12 @@ from clients.attack_vectors import (
     attack_kind,
     get_vector_attack,
 )
-from clients.omniscient import AttackVectorFn, OmniscientAttack
 from dstar_flwr import DStar
 from dstar_flwr.interception import DropMalformedReplies, InterceptedStrategy, ReplyTransform
-from simulations.diagnostics import HonestMeanProbe
-from simulations.fltrust import FLTrust
-from simulations.results import NodeRoles
+from simulations.app.diagnostics import HonestMeanProbe
+from simulations.app.omniscient import AttackVectorFn, OmniscientAttack
+from simulations.app.results import NodeRoles
+from simulations.baselines.fltrust import FLTrust
 
 
 def _bind(attack: VectorAttack, params: AttackParams) -> AttackVectorFn:

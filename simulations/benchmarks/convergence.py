@@ -53,9 +53,9 @@ Fits and verdicts:
 
 Usage::
 
-    python -m simulations.convergence                    # all attacks, 300 iterations
-    python -m simulations.convergence --quick --out /tmp/conv
-    python -m simulations.convergence --attacks none,ipm-100,gaussian:attack_scale=5
+    python -m simulations.benchmarks.convergence                    # all attacks, 300 iterations
+    python -m simulations.benchmarks.convergence --quick --out /tmp/conv
+    python -m simulations.benchmarks.convergence --attacks none,ipm-100,gaussian:attack_scale=5
 
 An attack is a preset (see ``PRESETS``), a vector attack name, or
 ``name:field=value[:field=value]`` with fields of ``clients.attack_vectors.AttackParams``.
@@ -735,7 +735,7 @@ def write_outputs(experiment: Experiment, out: Path) -> dict[str, Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.convergence", description=__doc__.split("\n\n")[0]
+        prog="python -m simulations.benchmarks.convergence", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--out", type=Path, default=Path("results/convergence"))
     parser.add_argument("--iterations", type=int, default=None, help="default 300 (quick: 60)")

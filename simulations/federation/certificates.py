@@ -15,7 +15,7 @@ supernode register``).
 
 Usage::
 
-    python -m simulations.certificates certs/ --supernodes 5 --host 192.168.1.10
+    python -m simulations.federation.certificates certs/ --supernodes 5 --host 192.168.1.10
 """
 
 from __future__ import annotations

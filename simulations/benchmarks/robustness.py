@@ -26,7 +26,7 @@ mean cosine over the trials.
 With no attack (all k honest, the rule still told ``f``) the squared error
 ``||F - mu||^2`` is compared with the plain mean's.
 
-Run ``python -m simulations.robustness`` (about 10 minutes on 2 cores) or
+Run ``python -m simulations.benchmarks.robustness`` (about 10 minutes on 2 cores) or
 ``--quick`` (seconds).
 """
 
@@ -50,7 +50,7 @@ from clients.attack_vectors import (
     apply_vector_attack,
     get_vector_attack,
 )
-from simulations.reference_rules import REFERENCE_RULES, Rule
+from simulations.benchmarks.reference_rules import REFERENCE_RULES, Rule
 
 # name -> (attack, AttackParams keywords): every vector attack at its usual settings
 # and the settings the literature uses to break rules (IPM 100, ALIE z = 1.5).
@@ -390,7 +390,7 @@ def markdown_tables(outcomes: Sequence[Outcome], rules: Sequence[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.robustness", description=__doc__.split("\n\n")[0]
+        prog="python -m simulations.benchmarks.robustness", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--rules", nargs="+", default=list(DEFAULT_RULES), choices=list(REFERENCE_RULES)

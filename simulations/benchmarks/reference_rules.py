@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from clients.tailored import multikrum_selection
 from dstar_flwr.aggregation import dstar_aggregate
-from simulations.fltrust import fltrust_aggregate
+from simulations.baselines.fltrust import fltrust_aggregate
 
 Rule = Callable[[NDArray[np.float64], int, NDArray[np.float64] | None], NDArray[np.float64]]
 

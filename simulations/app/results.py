@@ -10,7 +10,7 @@ from typing import IO
 from flwr.app import MetricRecord
 
 from dstar_flwr.checkpoint import write_atomically
-from simulations.diagnostics import filter_precision_recall
+from simulations.app.diagnostics import filter_precision_recall
 
 
 # pylint: disable=too-many-instance-attributes
@@ -23,7 +23,7 @@ class RoundRow:
     left out of the average (DStar: its filter; FLTrust: zero trust).
     ``cosine_to_honest``, ``rho`` and ``relative_error`` compare the round's
     aggregate with the mean honest update that reached the aggregation (see
-    :mod:`simulations.diagnostics`); ``byzantine_precision`` and
+    :mod:`simulations.app.diagnostics`); ``byzantine_precision`` and
     ``byzantine_recall`` score the rejections of DStar and FLTrust (NaN for the
     other strategies, and where undefined).
     """

@@ -3,12 +3,12 @@
 Axes: data (MNIST-1D and digits, each Dirichlet(0.1), Dirichlet(0.5) and IID),
 Byzantine fraction f/N, attack, strategy, DStar's assumed f (the true count, or
 an under- or over-estimate by N/10), seed. Each cell is one run of the
-project's ServerApp on :mod:`simulations.inprocess` (the ClientApp's nodes in
+project's ServerApp on :mod:`simulations.federation.inprocess` (the ClientApp's nodes in
 this process, their local training batched), written as
 ``<out>/runs/<cell-id>.json``; a cell whose file exists is skipped, so an
 interrupted grid resumes where it stopped, and cells run in ``--workers``
 processes. The rows go to ``<out>/rows.json`` and the report, with
-:mod:`simulations.attack_grid_report`, into ``docs/results.md``.
+:mod:`simulations.benchmarks.attack_grid_report`, into ``docs/results.md``.
 
 Every Byzantine node follows the omniscient threat model: the server-side
 adversary crafts its update from all honest updates of the round. The
@@ -20,15 +20,15 @@ cells with more Byzantine nodes are not run and reported as not applicable.
 The ``stragglers`` slice runs first-k against waiting for everyone: every node
 waits a log-normal delay (median 0.5 s, sigma 1) after its training, on the real
 wall clock. The nodes' compute does not contend (see
-:mod:`simulations.inprocess`): the delays dominate, as across a deployment's
+:mod:`simulations.federation.inprocess`): the delays dominate, as across a deployment's
 links, so round times are what a deployment with these latencies would see.
 
 Usage::
 
-    python -m simulations.attack_grid --preset full         # the whole grid (see docs/results.md)
-    python -m simulations.attack_grid --preset stragglers   # the straggler slice
-    python -m simulations.attack_grid --preset smoke --out /tmp/g   # CI: 2 rounds, a few cells
-    python -m simulations.attack_grid --report-only         # rebuild rows and report
+    python -m simulations.benchmarks.attack_grid --preset full
+    python -m simulations.benchmarks.attack_grid --preset stragglers   # the straggler slice
+    python -m simulations.benchmarks.attack_grid --preset smoke --out /tmp/g
+    python -m simulations.benchmarks.attack_grid --report-only         # rebuild rows and report
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = APP_DIR / "results" / "attack-grid"
 
 # Attack presets: run-config overrides for the Byzantine nodes.
@@ -320,7 +320,7 @@ def run_cell(cell: Cell, settings: Settings, runs: Path) -> dict[str, object]:
 
     import torch
 
-    from simulations.inprocess import run_inprocess
+    from simulations.federation.inprocess import run_inprocess
 
     torch.set_num_threads(1)
     # Flower's ArrayRecord.to_numpy_ndarrays(keep_input=False) runs gc.collect() per
@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = collect_rows(args.out)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
     if not args.no_report:
-        from simulations.attack_grid_report import write_report
+        from simulations.benchmarks.attack_grid_report import write_report
 
         write_report(rows, args.report, figures=args.report.parent / "figures")
         print(f"{len(rows)} rows; report in {args.report}")
