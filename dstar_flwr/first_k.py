@@ -22,10 +22,17 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-ReplyCheck = Callable[[Message], str | None]
+from .replies import CheckedReply, ReplyStatus, failed_reply
+
+ReplyCheck = Callable[[Message], CheckedReply]
 
 # Seconds of tolerance when deciding that an error reply is a TTL expiry.
 _CLOCK_SLACK = 0.05
+
+
+def _unchecked(reply: Message) -> CheckedReply:
+    """A reply taken as it is: failed if it is an error reply, else valid (unparsed)."""
+    return failed_reply(reply) if reply.has_error() else CheckedReply(reply, ReplyStatus.VALID)
 
 
 def resolve_first_k(first_k: float, num_sampled: int) -> int:
@@ -62,10 +69,11 @@ class CollectedRound:
 
     Attributes
     ----------
-    kept : list[Message]
+    kept : list[CheckedReply]
         The first k valid replies, in the order the server received them (pull
-        after pull; within one pull, in the order the Grid returned them).
-    invalid : list[tuple[Message, str]]
+        after pull; within one pull, in the order the Grid returned them), each
+        with what the check parsed from it.
+    invalid : list[CheckedReply]
         Error replies and replies the check refused, with the reason.
     discarded : list[tuple[Message, str]]
         Replies that break Flower's contract, with the reason: a repeat of a reply
@@ -84,8 +92,8 @@ class CollectedRound:
         Whether the k-th valid reply arrived before the deadline.
     """
 
-    kept: list[Message] = field(default_factory=list)
-    invalid: list[tuple[Message, str]] = field(default_factory=list)
+    kept: list[CheckedReply] = field(default_factory=list)
+    invalid: list[CheckedReply] = field(default_factory=list)
     discarded: list[tuple[Message, str]] = field(default_factory=list)
     late_node_ids: list[int] = field(default_factory=list)
     drained: list[LateReply] = field(default_factory=list)
@@ -180,9 +188,10 @@ class FirstKCollector:
             Valid replies after which the round closes.
         timeout : float
             Seconds after the push at which the round closes regardless.
-        check : Callable[[Message], str | None], optional
-            Returns a reason to refuse a reply (it then does not count towards k),
-            or None to accept it.
+        check : Callable[[Message], CheckedReply], optional
+            Checks (and parses) a reply once; a reply it does not find valid
+            does not count towards k. None: every reply that is not an error
+            is kept, unparsed.
 
         Returns
         -------
@@ -226,15 +235,11 @@ class FirstKCollector:
                 if len(result.kept) >= k or _expired(reply, expires_at[message_id]):
                     result.late_node_ids.append(node_id)
                     continue
-                reason = (
-                    f"error reply: {reply.error.reason}"
-                    if reply.has_error()
-                    else (check(reply) if check else None)
-                )
-                if reason is None:
-                    result.kept.append(reply)
+                checked = (check or _unchecked)(reply)
+                if checked.is_valid:
+                    result.kept.append(checked)
                 else:
-                    result.invalid.append((reply, reason))
+                    result.invalid.append(checked)
             if len(result.kept) >= k:
                 result.reached_k = True
                 break

@@ -10,11 +10,11 @@ replies and hands the kept results to the strategy in arrival order.
 import timeit
 from collections.abc import Callable
 from logging import INFO, WARNING
-from typing import cast
+from typing import Any, cast
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord
 from flwr.common import (
     Code,
     EvaluateRes,
@@ -35,20 +35,20 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 from numpy.typing import NDArray
 
-from .aggregation import DEFAULT_MAX_ROBUST_Z
-from .first_k import FirstKCollector, resolve_first_k
+from .first_k import CollectedRound, FirstKCollector, ReplyCheck, resolve_first_k
 from .metrics import aggregate_metrics
 from .records import (
     ArrayLayout,
     MalformedReply,
     TrainReply,
     check_num_examples,
+    flatten_checked,
     flatten_record,
     flatten_trusted,
     layout_of,
-    parse_train_reply,
     unflatten_vector,
 )
+from .replies import CheckedReply, ReplyStatus, failed_reply
 from .report import RoundReport
 from .rule import DStarRule
 
@@ -67,20 +67,9 @@ def parse_fit_res(fit_res: FitRes, layout: ArrayLayout, max_num_examples: float)
         ndarrays = parameters_to_ndarrays(fit_res.parameters)
     except Exception as error:
         raise MalformedReply(f"parameters cannot be decoded: {error}") from error
-    num_examples = fit_res.num_examples
-    if isinstance(num_examples, bool | np.bool_) or not isinstance(
-        num_examples, int | float | np.integer | np.floating
-    ):
-        raise MalformedReply(f"num_examples is {type(num_examples).__name__}")
-    if isinstance(num_examples, np.generic):
-        num_examples = num_examples.item()  # MetricRecord takes Python numbers
-    content = RecordDict(
-        {
-            "arrays": _ndarrays_record(ndarrays),
-            "metrics": MetricRecord({"num-examples": num_examples}),
-        }
-    )
-    return parse_train_reply(content, layout, max_num_examples=max_num_examples)
+    num_examples = check_num_examples(fit_res.num_examples, "num_examples", max_num_examples)
+    weights = flatten_checked({str(i): array for i, array in enumerate(ndarrays)}, layout)
+    return TrainReply(weights=weights, num_examples=num_examples, metrics=MetricRecord())
 
 
 class DroppedFitReply(Exception):
@@ -118,47 +107,24 @@ class DStarLegacy(FedAvg):
     real first-k rounds.
     """
 
-    # pylint: disable=too-many-arguments,too-many-locals
     def __init__(
         self,
+        rule: DStarRule | None = None,
         *,
-        num_byzantine: int = 0,
-        first_k: float = 0.8,
-        min_replies: int | None = None,
-        variant: str = "anchored",
-        max_robust_z: float = DEFAULT_MAX_ROBUST_Z,
-        norm_test: bool = True,
-        threshold_factor: float = 2.0,
-        deviation_scale: str = "median",
-        center: str = "ensemble",
-        cap_accepted: bool | None = None,
-        server_learning_rate: float = 1.0,
-        weighting: str = "uniform",
-        example_cap: float | None = None,
-        max_num_examples: float = 1e9,
         validation_train_fn: LegacyValidationTrainFn | None = None,
-        **fedavg_kwargs: object,
+        **settings: Any,
     ) -> None:
-        super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
-        self.rule = DStarRule(
-            num_byzantine=num_byzantine,
-            first_k=first_k,
-            min_replies=min_replies,
-            variant=variant,
-            max_robust_z=max_robust_z,
-            norm_test=norm_test,
-            threshold_factor=threshold_factor,
-            deviation_scale=deviation_scale,
-            center=center,
-            cap_accepted=cap_accepted,
-            server_learning_rate=server_learning_rate,
-            weighting=weighting,
-            example_cap=example_cap,
-            max_num_examples=max_num_examples,
+        rule_fields = DStarRule.field_names()
+        fedavg_kwargs = {key: value for key, value in settings.items() if key not in rule_fields}
+        super().__init__(**fedavg_kwargs)
+        self.rule = DStarRule.from_settings(
+            rule, {key: value for key, value in settings.items() if key in rule_fields}
         )
         self.validation_train_fn = validation_train_fn
         self._global: NDArrays | None = None
         self._layout: ArrayLayout | None = None
+        # The fit results checked this round, by identity: aggregate_fit reuses their parse.
+        self._checked: dict[int, tuple[FitRes, TrainReply]] = {}
 
     def __repr__(self) -> str:
         """Compute a string representation of the strategy."""
@@ -176,6 +142,7 @@ class DStarLegacy(FedAvg):
         """Configure the next fit round and remember the global parameters."""
         self._global = parameters_to_ndarrays(parameters)
         self._layout = layout_of(_ndarrays_record(self._global))
+        self._checked = {}
         return super().configure_fit(server_round, parameters, client_manager)
 
     def check_fit_res(self, fit_res: FitRes) -> str | None:
@@ -183,10 +150,18 @@ class DStarLegacy(FedAvg):
         if self._layout is None:
             raise RuntimeError("configure_fit must run before results are checked.")
         try:
-            parse_fit_res(fit_res, self._layout, self.rule.max_num_examples)
+            self._checked[id(fit_res)] = (fit_res, self._parse(fit_res))
         except MalformedReply as error:
             return str(error)
         return None
+
+    def _parse(self, fit_res: FitRes) -> TrainReply:
+        """A fit result's parse: the one :meth:`check_fit_res` made, or a new one."""
+        checked = self._checked.pop(id(fit_res), None)
+        if checked is not None and checked[0] is fit_res:
+            return checked[1]
+        assert self._layout is not None
+        return parse_fit_res(fit_res, self._layout, self.rule.max_num_examples)
 
     def _validation_weights(self) -> NDArray[np.floating] | None:
         if self.validation_train_fn is None or self._global is None:
@@ -223,7 +198,7 @@ class DStarLegacy(FedAvg):
                 if node_id in replied:
                     raise MalformedReply("a second result from this node in the round")
                 replied.add(node_id)
-                parsed.append(parse_fit_res(fit_res, self._layout, self.rule.max_num_examples))
+                parsed.append(self._parse(fit_res))
                 node_ids.append(node_id)
                 fit_metrics.append((fit_res.num_examples, fit_res.metrics))
             except MalformedReply as error:
@@ -371,61 +346,50 @@ class FirstKFitWorkflow:
         return max(resolve_first_k(self.first_k, num_sampled), rule.min_valid_replies)
 
     @staticmethod
-    def _check(strategy: object) -> Callable[[Message], str | None]:
-        def check(reply: Message) -> str | None:
+    def _check(strategy: object, fit_results: dict[str, FitRes]) -> ReplyCheck:
+        """The collector's check: the reply as a FitRes, checked by the strategy.
+
+        Each reply is turned into a FitRes once; the valid ones are kept in
+        ``fit_results`` (by message id) and handed to ``aggregate_fit`` as they
+        are, so :class:`DStarLegacy` reuses the parse its check made.
+        """
+
+        def check(reply: Message) -> CheckedReply:
+            if reply.has_error():
+                return failed_reply(reply)
             try:
                 fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
             except Exception as error:  # noqa: BLE001 - malformed legacy content
-                return f"not a FitRes: {type(error).__name__}: {error}"
-            if fit_res.status.code != Code.OK:
-                return f"status {fit_res.status.code.name}"
+                reason = f"not a FitRes: {type(error).__name__}: {error}"
+                return CheckedReply(reply, ReplyStatus.MALFORMED, reason)
             check_fit_res = getattr(strategy, "check_fit_res", None)
-            return check_fit_res(fit_res) if check_fit_res else None
+            reason = (
+                f"status {fit_res.status.code.name}"
+                if fit_res.status.code != Code.OK
+                else (check_fit_res(fit_res) if check_fit_res else None)
+            )
+            if reason is not None:
+                return CheckedReply(reply, ReplyStatus.MALFORMED, reason)
+            fit_results[reply.metadata.reply_to_message_id] = fit_res
+            return CheckedReply(reply, ReplyStatus.VALID)
 
         return check
 
-    # pylint: disable=too-many-locals
     def __call__(self, grid: Grid, context: LegacyContext) -> None:
         """Run one first-k fit round."""
         if not isinstance(context, LegacyContext):
             raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
         if self._collector is None or self._collector.grid is not grid:
             self._collector = FirstKCollector(grid, poll_interval=self.poll_interval)
-        cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
-        current_round = cast(int, cfg[Key.CURRENT_ROUND])
-        parameters = compat.arrayrecord_to_parameters(
-            context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
+        current_round = cast(
+            int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
         )
         rule = getattr(context.strategy, "rule", None)
         rule = rule if isinstance(rule, DStarRule) else None
-        if rule is not None and context.client_manager.num_available() < rule.min_valid_replies:
-            log(
-                INFO,
-                "configure_fit: %s clients available, a round needs %s; waiting up to %.1fs",
-                context.client_manager.num_available(),
-                rule.min_valid_replies,
-                self.round_timeout,
-            )
-            context.client_manager.wait_for(rule.min_valid_replies, self.round_timeout)  # type: ignore[arg-type]
-        instructions = context.strategy.configure_fit(
-            server_round=current_round,
-            parameters=parameters,
-            client_manager=context.client_manager,
-        )
-        if not instructions:
+        messages, proxies = self._configure(context, current_round, rule)
+        if not messages:
             log(INFO, "configure_fit: no clients selected, cancel")
             return
-        proxies = {proxy.node_id: proxy for proxy, _ in instructions}
-        messages = [
-            Message(
-                content=compat.fitins_to_recorddict(fit_ins, True),
-                dst_node_id=proxy.node_id,
-                message_type=MessageType.TRAIN,
-                group_id=str(current_round),
-                ttl=self.round_timeout,
-            )
-            for proxy, fit_ins in instructions
-        ]
         k = self._k(rule, len(messages))
         if k is None:
             assert rule is not None
@@ -433,56 +397,29 @@ class FirstKFitWorkflow:
                 context, current_round, rule.too_few_nodes(len(messages)), len(messages)
             )
             return
-        if rule is not None and self.first_k is None:
-            from_first_k = resolve_first_k(rule.first_k, len(messages))
-            if k > from_first_k:
-                log(
-                    INFO,
-                    "configure_fit: first_k=%g gives k=%s of %s sampled clients; raised to %s, "
-                    "the replies a round needs",
-                    rule.first_k,
-                    from_first_k,
-                    len(messages),
-                    k,
-                )
-        log(INFO, "configure_fit: waiting for the first %s of %s replies", k, len(messages))
+        self._log_k(rule, k, len(messages))
         started = timeit.default_timer()
+        fit_results: dict[str, FitRes] = {}
         collected = self._collector.collect(
             messages,
             server_round=current_round,
             k=k,
             timeout=self.round_timeout,
-            check=self._check(context.strategy),
+            check=self._check(context.strategy, fit_results),
         )
         results = [
-            (
-                proxies[reply.metadata.src_node_id],
-                compat.recorddict_to_fitres(reply.content, keep_input=False),
-            )
+            (proxies[reply.node_id], fit_results[reply.message.metadata.reply_to_message_id])
             for reply in collected.kept
         ]
-        failures: list[tuple[ClientProxy, FitRes] | BaseException] = [
-            DroppedFitReply(reply.metadata.src_node_id, reason)
-            for reply, reason in collected.invalid
-        ]
-        for reply, reason in collected.invalid:
-            log(
-                INFO, "\t> Dropped the fit reply of node %s: %s", reply.metadata.src_node_id, reason
-            )
+        failures: list[tuple[ClientProxy, FitRes] | BaseException] = []
+        for reply in collected.invalid:
+            log(INFO, "\t> Dropped the fit reply of node %s: %s", reply.node_id, reply.reason)
+            failures.append(DroppedFitReply(reply.node_id, reply.reason))
         parameters_aggregated, metrics = context.strategy.aggregate_fit(
             current_round, results, failures
         )
-        metrics = dict(metrics)
-        metrics.update(
-            {
-                "num-sampled": len(messages),
-                "k": k,
-                "num-late": len(collected.late_node_ids),
-                "late-node-ids": ",".join(str(n) for n in collected.late_node_ids),
-                "num-drained-late": sum(d.arrived for d in collected.drained),
-                "round-seconds": timeit.default_timer() - started,
-            }
-        )
+        metrics = {**metrics, **_collection_metrics(k, collected)}
+        metrics["round-seconds"] = timeit.default_timer() - started
         log(
             INFO,
             "first-k fit round %s: kept %s, %s late, %.2fs",
@@ -499,6 +436,55 @@ class FirstKFitWorkflow:
         if current_round >= context.config.num_rounds:
             self._collector.drain(wait=True)
 
+    def _configure(
+        self, context: LegacyContext, current_round: int, rule: DStarRule | None
+    ) -> tuple[list[Message], dict[int, ClientProxy]]:
+        """The round's training messages (TTL: the round deadline) and their clients."""
+        if rule is not None and context.client_manager.num_available() < rule.min_valid_replies:
+            log(
+                INFO,
+                "configure_fit: %s clients available, a round needs %s; waiting up to %.1fs",
+                context.client_manager.num_available(),
+                rule.min_valid_replies,
+                self.round_timeout,
+            )
+            context.client_manager.wait_for(rule.min_valid_replies, self.round_timeout)  # type: ignore[arg-type]
+        parameters = compat.arrayrecord_to_parameters(
+            context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
+        )
+        instructions = context.strategy.configure_fit(
+            server_round=current_round,
+            parameters=parameters,
+            client_manager=context.client_manager,
+        )
+        messages = [
+            Message(
+                content=compat.fitins_to_recorddict(fit_ins, True),
+                dst_node_id=proxy.node_id,
+                message_type=MessageType.TRAIN,
+                group_id=str(current_round),
+                ttl=self.round_timeout,
+            )
+            for proxy, fit_ins in instructions
+        ]
+        return messages, {proxy.node_id: proxy for proxy, _ in instructions}
+
+    def _log_k(self, rule: DStarRule | None, k: int, num_sampled: int) -> None:
+        """Log the round's k, and why when it is above what the rule's ``first_k`` gives."""
+        if rule is not None and self.first_k is None:
+            from_first_k = resolve_first_k(rule.first_k, num_sampled)
+            if k > from_first_k:
+                log(
+                    INFO,
+                    "configure_fit: first_k=%g gives k=%s of %s sampled clients; raised to %s, "
+                    "the replies a round needs",
+                    rule.first_k,
+                    from_first_k,
+                    num_sampled,
+                    k,
+                )
+        log(INFO, "configure_fit: waiting for the first %s of %s replies", k, num_sampled)
+
     def _skip_round(
         self, context: LegacyContext, current_round: int, reason: str, num_sampled: int
     ) -> None:
@@ -511,3 +497,14 @@ class FirstKFitWorkflow:
         )
         if current_round >= context.config.num_rounds and self._collector is not None:
             self._collector.drain(wait=True)
+
+
+def _collection_metrics(k: int, collected: CollectedRound) -> dict[str, Scalar]:
+    """A first-k fit round's collection figures as legacy metrics."""
+    return {
+        "num-sampled": collected.num_sampled,
+        "k": k,
+        "num-late": len(collected.late_node_ids),
+        "late-node-ids": ",".join(str(n) for n in collected.late_node_ids),
+        "num-drained-late": sum(d.arrived for d in collected.drained),
+    }

@@ -7,7 +7,9 @@ raises :class:`MalformedReply`.
 """
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
@@ -66,25 +68,43 @@ def flatten_record(record: ArrayRecord, layout: ArrayLayout) -> NDArray[np.float
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
+def conform_to_layout(vector: NDArray[np.floating], layout: ArrayLayout) -> NDArray[np.floating]:
+    """``vector`` as it reads back from :func:`unflatten_vector`'s arrays.
+
+    The parts of integer and boolean arrays are rounded; those of a float dtype
+    narrower than the vector's saturate at its largest finite value (instead of
+    becoming inf) and are rounded to it.
+    """
+    if vector.shape != (layout.size,):
+        raise ValueError(f"vector has shape {vector.shape}, layout size {layout.size}.")
+    conformed = np.empty(layout.size, dtype=vector.dtype)
+    offset = 0
+    for shape, dtype in zip(layout.shapes, layout.dtypes, strict=True):
+        count = math.prod(shape)
+        part = vector[offset : offset + count]
+        if not np.issubdtype(dtype, np.floating):
+            part = np.rint(part)
+        elif np.finfo(dtype).max < np.finfo(vector.dtype).max:
+            part = np.clip(part, np.finfo(dtype).min, np.finfo(dtype).max)
+        conformed[offset : offset + count] = np.asarray(part, dtype=dtype)
+        offset += count
+    return conformed
+
+
 def unflatten_vector(vector: NDArray[np.floating], layout: ArrayLayout) -> ArrayRecord:
     """Split a flat vector back into an ArrayRecord of ``layout``'s arrays.
 
     Integer and boolean arrays (e.g. BatchNorm's ``num_batches_tracked``) are
     rounded back to their dtype; values beyond the range of a float dtype narrower
     than the vector's (float16, or float32 in a float64 vector) saturate at its
-    largest finite value instead of becoming inf.
+    largest finite value instead of becoming inf (see :func:`conform_to_layout`).
     """
-    if vector.shape != (layout.size,):
-        raise ValueError(f"vector has shape {vector.shape}, layout size {layout.size}.")
+    conformed = conform_to_layout(vector, layout)
     record = ArrayRecord()
     offset = 0
     for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True):
         count = math.prod(shape)
-        part = vector[offset : offset + count].reshape(shape)
-        if not np.issubdtype(dtype, np.floating):
-            part = np.rint(part)
-        elif np.finfo(dtype).max < np.finfo(vector.dtype).max:
-            part = np.clip(part, np.finfo(dtype).min, np.finfo(dtype).max)
+        part = conformed[offset : offset + count].reshape(shape)
         record[key] = Array(np.asarray(part, dtype=dtype, order="C"))
         offset += count
     return record
@@ -181,18 +201,31 @@ def parse_train_reply(
     assert isinstance(arrays, ArrayRecord) and isinstance(metrics, MetricRecord)
     num_examples = read_num_examples(metrics, weighted_by_key, max_num_examples)
 
-    keys = set(arrays.keys())
-    expected = set(layout.keys)
-    if keys != expected:
-        missing = sorted(expected - keys)
-        extra = sorted(keys - expected)
-        raise MalformedReply(f"array names differ: missing {missing}, unexpected {extra}")
-    parts = []
-    for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True):
+    _check_names(arrays.keys(), layout)  # before decoding: no work for unexpected arrays
+    decoded = {}
+    for key in arrays:
         try:
-            array = arrays[key].numpy()
+            decoded[key] = arrays[key].numpy()
         except Exception as error:
             raise MalformedReply(f"array '{key}' cannot be decoded: {error}") from error
+    weights = flatten_checked(decoded, layout)
+    return TrainReply(weights=weights, num_examples=num_examples, metrics=metrics)
+
+
+def flatten_checked(
+    arrays: Mapping[str, NDArray[Any]], layout: ArrayLayout
+) -> NDArray[np.floating]:
+    """Check decoded arrays against ``layout`` and flatten them to one finite vector.
+
+    Raises
+    ------
+    MalformedReply
+        With the reason: missing or extra names, a wrong shape or dtype, NaN or Inf.
+    """
+    _check_names(arrays.keys(), layout)
+    parts = []
+    for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True):
+        array = arrays[key]
         if tuple(array.shape) != shape:
             raise MalformedReply(f"array '{key}' has shape {array.shape}, expected {shape}")
         if array.dtype != dtype:
@@ -201,4 +234,13 @@ def parse_train_reply(
     weights = np.concatenate(parts) if parts else np.zeros(0, layout.vector_dtype)
     if not np.all(np.isfinite(weights)):
         raise MalformedReply("the arrays hold NaN or Inf")
-    return TrainReply(weights=weights, num_examples=num_examples, metrics=metrics)
+    return weights
+
+
+def _check_names(names: Iterable[str], layout: ArrayLayout) -> None:
+    keys = set(names)
+    expected = set(layout.keys)
+    if keys != expected:
+        missing = sorted(expected - keys)
+        extra = sorted(keys - expected)
+        raise MalformedReply(f"array names differ: missing {missing}, unexpected {extra}")

@@ -4,10 +4,11 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
-from flwr.app import MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
 from .aggregation import DStarAggregation
+from .first_k import CollectedRound
 
 
 # pylint: disable=too-many-instance-attributes
@@ -57,6 +58,14 @@ class RoundReport:
         self.deviations = [float(d) for d in aggregation.deviations]
         self.validation_deviation = aggregation.validation_deviation
         self.threshold = aggregation.threshold
+
+    def record_collection(self, k: int, collected: CollectedRound) -> None:
+        """Fill in the first-k collection's figures: k, sampled, late, drained, seconds."""
+        self.k = k
+        self.num_sampled = collected.num_sampled
+        self.late_node_ids = list(collected.late_node_ids)
+        self.num_drained_late = sum(d.arrived for d in collected.drained)
+        self.round_seconds = collected.seconds
 
     @property
     def num_received(self) -> int:
@@ -150,3 +159,35 @@ class RoundReport:
             log(INFO, "\t├── failed nodes (error replies): %s", self.failed_node_ids)
         if self.late_node_ids:
             log(INFO, "\t└── late nodes: %s", self.late_node_ids)
+
+
+@dataclass
+class AggregatedRound:
+    """A training round's outcome: the new global arrays, client metrics and report.
+
+    Attributes
+    ----------
+    arrays : ArrayRecord | None
+        The new global arrays; None keeps the model (a skipped round).
+    client_metrics : MetricRecord | None
+        The accepted replies' aggregated client metrics.
+    report : RoundReport
+        What the round saw and decided.
+    """
+
+    arrays: ArrayRecord | None
+    client_metrics: MetricRecord | None
+    report: RoundReport
+
+    def metric_record(self) -> MetricRecord:
+        """The client metrics and the report in one MetricRecord (the report's keys win)."""
+        return merge_metric_records(self.client_metrics, self.report.to_metric_record())
+
+
+def merge_metric_records(first: MetricRecord | None, second: MetricRecord) -> MetricRecord:
+    """One MetricRecord with ``first``'s items, then ``second``'s (which win on a clash)."""
+    merged = MetricRecord()
+    for record in (first, second):
+        for key, value in (record or MetricRecord()).items():
+            merged[key] = value
+    return merged

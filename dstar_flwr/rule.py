@@ -7,8 +7,9 @@ the global weights plus the kept replies' weights into the next global weights.
 """
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +23,7 @@ from .aggregation import (
     dstar_aggregate,
 )
 from .first_k import resolve_first_k
+from .records import DEFAULT_MAX_NUM_EXAMPLES
 
 WEIGHTINGS: tuple[str, ...] = ("num-examples", "uniform")
 
@@ -84,6 +86,13 @@ class DStarRule:
         node with ``example_cap`` examples. Ignored with ``"uniform"``.
     max_num_examples : float (default: 1e9)
         Replies that claim more examples are refused as malformed.
+
+    Notes
+    -----
+    This is the one place where dSTAR's settings and their defaults are
+    declared: :class:`~dstar_flwr.DStar` and :class:`~dstar_flwr.DStarLegacy`
+    take a ``DStarRule`` or its fields as keyword arguments
+    (:meth:`from_settings`).
     """
 
     num_byzantine: int = 0
@@ -99,7 +108,7 @@ class DStarRule:
     server_learning_rate: float = 1.0
     weighting: str = "uniform"
     example_cap: float | None = None
-    max_num_examples: float = 1e9
+    max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES
 
     def __post_init__(self) -> None:
         """Fail fast on a setting that cannot work, saying what to change."""
@@ -154,6 +163,34 @@ class DStarRule:
             )
         if not self.max_num_examples > 0:
             raise ValueError(f"max_num_examples must be > 0, got {self.max_num_examples}.")
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The names of the rule's settings."""
+        return frozenset(field.name for field in fields(cls))
+
+    @classmethod
+    def from_settings(cls, rule: "DStarRule | None", settings: Mapping[str, Any]) -> "DStarRule":
+        """``rule``, or a rule built from ``settings`` (keyword arguments of a strategy).
+
+        Raises
+        ------
+        ValueError
+            If both are given, or a setting is not a field of DStarRule.
+        """
+        if rule is not None and settings:
+            raise ValueError(
+                f"pass the rule's settings either as rule=DStarRule(...) or as keyword "
+                f"arguments, not both (got rule and {sorted(settings)})."
+            )
+        if rule is not None:
+            return rule
+        unknown = sorted(set(settings) - cls.field_names())
+        if unknown:
+            raise ValueError(
+                f"unknown dSTAR setting(s) {unknown}; the settings are {sorted(cls.field_names())}."
+            )
+        return cls(**settings)
 
     @property
     def min_valid_replies(self) -> int:

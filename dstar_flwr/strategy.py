@@ -3,7 +3,7 @@
 import io
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,9 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info, samp
 from flwr.supercore import log
 from numpy.typing import NDArray
 
-from .aggregation import DEFAULT_MAX_ROBUST_Z
 from .checkpoint import Checkpoint, layout_differences, load_checkpoint, save_checkpoint
 from .first_k import FirstKCollector, resolve_first_k
+from .interception import ReplyTransform, apply_transforms, configure_transforms
 from .metrics import aggregate_metrics
 from .records import (
     ArrayLayout,
@@ -33,11 +33,11 @@ from .records import (
     flatten_record,
     flatten_trusted,
     layout_of,
-    parse_train_reply,
     read_num_examples,
     unflatten_vector,
 )
-from .report import RoundReport
+from .replies import CheckedReply, ReplyStatus, check_train_reply, log_dropped, one_vote_per_node
+from .report import AggregatedRound, RoundReport
 from .rule import DStarRule
 
 ValidationTrainFn = Callable[[ArrayRecord], ArrayRecord]
@@ -57,49 +57,27 @@ class DStar(FedAvg):
 
     Parameters
     ----------
-    num_byzantine : int (default: 0)
-        f, the assumed bound on Byzantine replies per round (``k >= 2f + 1``).
-    first_k : float (default: 0.8)
-        k, a count (>= 1) or a fraction (< 1) of the sampled nodes.
-    min_replies : int | None (default: None)
-        Valid replies needed when a round reaches its timeout before k; with
-        fewer, the round is skipped and the model kept. None: ``2f + 1``.
-    variant : {"anchored", "paper"} (default: "anchored")
-        The filter: deviations from the validation update within a robust
-        z-score band (the hardened default), or our reading of the paper
-        (ensemble median, ``c * s`` threshold, ``k - f`` cap). See the README.
-    max_robust_z : float (default: 3.0)
-        ``"anchored"``: the largest accepted robust z-score of a deviation (and,
-        with ``norm_test``, of an update's norm).
-    norm_test : bool (default: True)
-        ``"anchored"``: also reject an update whose norm is a robust outlier.
-    threshold_factor : float (default: 2.0)
-        ``"paper"``: accept a deviation of at most this multiple of the scale.
-    deviation_scale : {"median", "validation", "max"} (default: "median")
-        ``"paper"``: how the deviations' scale is estimated (see the README).
-    center : {"ensemble", "clients"} (default: "ensemble")
-        ``"paper"``: median over updates and validation update, or the updates alone.
-    cap_accepted : bool | None (default: None)
-        Accept at most ``k - f`` updates; None: the variant's default (True for
-        ``"paper"``, False for ``"anchored"``).
-    server_learning_rate : float (default: 1.0)
-        Step size applied to the aggregate update.
-    weighting : {"uniform", "num-examples"} (default: "uniform")
-        Weights of the accepted updates in the mean and of the client metrics:
-        equal (as distributed SGD averages), or each reply's claimed example
-        count bounded by ``example_cap``.
-    example_cap : float | None (default: None)
-        Required with ``weighting="num-examples"``: the operator's bound on an
-        honest node's example count; each claim is used as
-        ``min(claim, example_cap)``.
-    max_num_examples : float (default: 1e9)
-        Training and evaluation replies claiming more examples are dropped as
-        malformed.
+    rule : DStarRule, optional
+        The rule's settings (f, k, the filter, the weighting, ...), declared
+        and checked in :class:`~dstar_flwr.rule.DStarRule`. Or pass them as
+        keyword arguments (``rule_settings``), not both.
+    **rule_settings
+        Any field of :class:`~dstar_flwr.rule.DStarRule`, with its default
+        there: ``num_byzantine`` (f, default 0), ``first_k`` (k as a count or
+        fraction, default 0.8), ``min_replies``, ``variant`` ("anchored" or
+        "paper"), ``max_robust_z``, ``norm_test``, ``threshold_factor``,
+        ``deviation_scale``, ``center``, ``cap_accepted``,
+        ``server_learning_rate``, ``weighting``, ``example_cap`` and
+        ``max_num_examples``. An unknown name fails at once.
     validation_train_fn : Callable[[ArrayRecord], ArrayRecord], optional
         Runs the clients' local training from the given global arrays on the
         server's trusted validation set and returns the trained arrays; the
         strategy turns them into the validation update. None: no validation
         update.
+    reply_transforms : Sequence[ReplyTransform] (default: ())
+        Applied in order to each training round's checked replies before the
+        filter (see :mod:`dstar_flwr.interception`); each sees the round's
+        global arrays first through ``configure``.
     poll_interval : float (default: 0.05)
         Seconds between pulls while a round collects replies.
     skip_busy_nodes : bool (default: True)
@@ -132,25 +110,13 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
     after the round saved there (see :meth:`start`).
     """
 
-    # pylint: disable=too-many-arguments,too-many-locals
+    # pylint: disable=too-many-arguments
     def __init__(
         self,
+        rule: DStarRule | None = None,
         *,
-        num_byzantine: int = 0,
-        first_k: float = 0.8,
-        min_replies: int | None = None,
-        variant: str = "anchored",
-        max_robust_z: float = DEFAULT_MAX_ROBUST_Z,
-        norm_test: bool = True,
-        threshold_factor: float = 2.0,
-        deviation_scale: str = "median",
-        center: str = "ensemble",
-        cap_accepted: bool | None = None,
-        server_learning_rate: float = 1.0,
-        weighting: str = "uniform",
-        example_cap: float | None = None,
-        max_num_examples: float = 1e9,
         validation_train_fn: ValidationTrainFn | None = None,
+        reply_transforms: Sequence[ReplyTransform] = (),
         poll_interval: float = 0.05,
         skip_busy_nodes: bool = True,
         fraction_train: float = 1.0,
@@ -163,6 +129,7 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
         configrecord_key: str = "config",
         train_metrics_aggr_fn: (Callable[[list[RecordDict], str], MetricRecord] | None) = None,
         evaluate_metrics_aggr_fn: (Callable[[list[RecordDict], str], MetricRecord] | None) = None,
+        **rule_settings: Any,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -176,26 +143,13 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
-        self.rule = DStarRule(
-            num_byzantine=num_byzantine,
-            first_k=first_k,
-            min_replies=min_replies,
-            variant=variant,
-            max_robust_z=max_robust_z,
-            norm_test=norm_test,
-            threshold_factor=threshold_factor,
-            deviation_scale=deviation_scale,
-            center=center,
-            cap_accepted=cap_accepted,
-            server_learning_rate=server_learning_rate,
-            weighting=weighting,
-            example_cap=example_cap,
-            max_num_examples=max_num_examples,
-        )
+        self.rule = DStarRule.from_settings(rule, rule_settings)
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval}.")
         self.validation_train_fn = validation_train_fn
+        self.reply_transforms = list(reply_transforms)
         self.poll_interval = poll_interval
+        self.skip_busy_nodes = skip_busy_nodes
         # The functions the user gave (None: DStar's bounded, trimmed aggregation).
         self._user_metrics_aggr_fns = (train_metrics_aggr_fn, evaluate_metrics_aggr_fn)
         self._global_arrays: ArrayRecord | None = None
@@ -203,9 +157,7 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
         self._message_ttl: float | None = None
         self._busy_node_ids: set[int] = set()
         self._running = False
-        self.last_report: RoundReport | None = None
         self.resumed_checkpoint: Checkpoint | None = None
-        self.skip_busy_nodes = skip_busy_nodes
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -273,6 +225,7 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
         """
         self._global_arrays = arrays
         self._global_layout = layout_of(arrays)
+        configure_transforms(self.reply_transforms, server_round, arrays)
         if self.fraction_train == 0.0:
             return []
         needed = self.rule.min_valid_replies
@@ -327,22 +280,16 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
             connected = set(grid.get_node_ids())
         return connected
 
-    def check_train_reply(self, reply: Message) -> str | None:
-        """The reason to drop a training reply, or None if it can be aggregated."""
-        if reply.has_error():
-            return f"error reply: {reply.error.reason}"
+    def check_reply(self, reply: Message) -> CheckedReply:
+        """Check and parse a training reply against the round's global model, once."""
         if self._global_layout is None:
             raise RuntimeError("configure_train must run before replies are checked.")
-        try:
-            parse_train_reply(
-                reply.content,
-                self._global_layout,
-                weighted_by_key=self.weighted_by_key,
-                max_num_examples=self.rule.max_num_examples,
-            )
-        except MalformedReply as error:
-            return str(error)
-        return None
+        return check_train_reply(
+            reply,
+            self._global_layout,
+            weighted_by_key=self.weighted_by_key,
+            max_num_examples=self.rule.max_num_examples,
+        )
 
     def _validation_weights(self) -> NDArray[np.floating] | None:
         if self.validation_train_fn is None:
@@ -360,76 +307,55 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
             )
             return None
 
-    def aggregate_round(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None, RoundReport]:
-        """Check, filter and average ``replies`` (in arrival order).
+    def aggregate_checked(
+        self, server_round: int, replies: Iterable[CheckedReply]
+    ) -> AggregatedRound:
+        """Transform, filter and average a round's checked replies (in arrival order).
 
-        Each node has one vote per round: a node's first reply is the one
-        considered, and any later reply from it is dropped as malformed.
+        The ``reply_transforms`` run first. Each node has one vote per round: a
+        node's first reply is the one considered, and any later reply from it
+        is dropped as malformed.
 
         Returns
         -------
-        tuple[ArrayRecord | None, MetricRecord | None, RoundReport]
+        AggregatedRound
             The new global arrays (None: keep the model), the accepted replies'
             aggregated client metrics, and the round report.
         """
         if self._global_arrays is None or self._global_layout is None:
             raise RuntimeError("configure_train must run before aggregate_train.")
+        replies = one_vote_per_node(apply_transforms(self.reply_transforms, server_round, replies))
         report = RoundReport(server_round=server_round)
-        layout = self._global_layout
-        node_ids: list[int] = []
-        parsed = []
-        contents = []
-        replied: set[int] = set()
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            reason = None
-            if node_id in replied:
-                reason = "a second reply from this node in the round (one vote per node)"
-            elif reply.has_error():
-                report.failed_node_ids.append(node_id)
-                log(INFO, "\t> Node %s failed: %s", node_id, _short(reply.error.reason))
-            else:
-                try:
-                    parsed.append(
-                        parse_train_reply(
-                            reply.content,
-                            layout,
-                            weighted_by_key=self.weighted_by_key,
-                            max_num_examples=self.rule.max_num_examples,
-                        )
-                    )
-                    node_ids.append(node_id)
-                    contents.append(reply.content)
-                except MalformedReply as error:
-                    reason = str(error)
-            replied.add(node_id)
-            if reason is not None:
-                report.malformed_node_ids.append(node_id)
-                log(INFO, "\t> Dropped the reply of node %s: %s", node_id, reason)
-
-        if len(parsed) < self.rule.min_valid_replies:
+            if reply.status is ReplyStatus.FAILED:
+                report.failed_node_ids.append(reply.node_id)
+            elif reply.status is ReplyStatus.MALFORMED:
+                report.malformed_node_ids.append(reply.node_id)
+            log_dropped(reply)
+        valid = [reply for reply in replies if reply.is_valid]
+        node_ids = [reply.node_id for reply in valid]
+        if len(valid) < self.rule.min_valid_replies:
             report.record_aggregation(node_ids, None)
-            return None, None, report
+            return AggregatedRound(None, None, report)
 
-        global_weights = flatten_record(self._global_arrays, layout)
+        parsed = [reply.parsed for reply in valid]
         outcome = self.rule.apply(
-            global_weights,
+            flatten_record(self._global_arrays, self._global_layout),
             [reply.weights for reply in parsed],
             [reply.num_examples for reply in parsed],
             self._validation_weights(),
         )
         report.record_aggregation(node_ids, outcome.aggregation)
         assert outcome.aggregation is not None and outcome.weights is not None
-        arrays = unflatten_vector(outcome.weights, layout)
         accepted = outcome.aggregation.accepted
         client_metrics = self._aggregate_client_metrics(
-            [contents[i] for i in accepted],
+            [valid[i].message.content for i in accepted],
             [parsed[i].num_examples for i in accepted],
             "train",
         )
-        return arrays, client_metrics, report
+        return AggregatedRound(
+            unflatten_vector(outcome.weights, self._global_layout), client_metrics, report
+        )
 
     def _aggregate_client_metrics(
         self, contents: list[RecordDict], num_examples: list[float], kind: str
@@ -458,19 +384,18 @@ min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key
         server_round: int,
         replies: Iterable[Message],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate training replies with the dSTAR rule.
+        """Aggregate training replies with the dSTAR rule (Flower's strategy API).
 
-        The returned MetricRecord holds the accepted replies' aggregated client
-        metrics and the round report (see :class:`RoundReport`), which is also
-        kept as :attr:`last_report`. Under :meth:`start`, the round's first-k
-        figures are added to it and it is logged there.
+        Each reply is checked once (:meth:`check_reply`), then
+        :meth:`aggregate_checked` runs. The returned MetricRecord holds the
+        accepted replies' aggregated client metrics and the round report (see
+        :class:`RoundReport`), which is also logged.
         """
-        arrays, client_metrics, report = self.aggregate_round(server_round, replies)
+        aggregated = self.aggregate_checked(server_round, [self.check_reply(r) for r in replies])
+        report = aggregated.report
         report.num_sampled = report.k = report.num_received
-        self.last_report = report
-        if not self._running:
-            report.log()
-        return arrays, _merge(client_metrics, report.to_metric_record())
+        report.log()
+        return aggregated.arrays, aggregated.metric_record()
 
     def aggregate_evaluate(
         self,
@@ -554,6 +479,46 @@ evaluate_fn
         """
         if timeout <= 0:
             raise ValueError(f"timeout (the round deadline) must be > 0, got {timeout}.")
+        path = self._prepare_checkpoints(
+            checkpoint_path, resume, checkpoint_state_fn, initial_arrays
+        )
+        log(INFO, "Starting %s strategy:", self.__class__.__name__)
+        log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
+        self.summary()
+        log(INFO, "")
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        started = time.time()
+        result, first_round = self._initial_result(initial_arrays, evaluate_fn)
+        if first_round > num_rounds:
+            log(INFO, "dstar: all %s rounds were completed before; nothing to run", num_rounds)
+            return result
+        collector = FirstKCollector(grid, poll_interval=self.poll_interval)
+        self._message_ttl = timeout
+        self._running = True
+        try:
+            for server_round in range(first_round, num_rounds + 1):
+                log(INFO, "")
+                log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+                self._train_round(server_round, result, train_config, grid, collector)
+                self._evaluate_round(
+                    server_round, result, evaluate_config, grid, collector, evaluate_fn
+                )
+                if path is not None:
+                    self._save_checkpoint(path, server_round, result, checkpoint_state_fn)
+        finally:
+            self._end_run(collector)
+        _log_final_results(result, time.time() - started)
+        return result
+
+    def _prepare_checkpoints(
+        self,
+        checkpoint_path: str | os.PathLike[str] | None,
+        resume: bool,
+        checkpoint_state_fn: CheckpointStateFn | None,
+        initial_arrays: ArrayRecord,
+    ) -> Path | None:
+        """Where to checkpoint (None: nowhere); loads the checkpoint to resume from."""
         path = None if checkpoint_path is None else Path(checkpoint_path)
         restored = self._restore(path, initial_arrays) if resume else None
         if path is None and checkpoint_state_fn is not None:
@@ -563,130 +528,116 @@ evaluate_fn
             if path.exists():
                 log(WARNING, "dstar: replacing the checkpoint %s (resume=True continues it)", path)
         self.resumed_checkpoint = restored
-        log(INFO, "Starting %s strategy:", self.__class__.__name__)
-        log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
-        self.summary()
-        log(INFO, "")
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        t_start = time.time()
+        return path
+
+    def _initial_result(
+        self,
+        initial_arrays: ArrayRecord,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+    ) -> tuple[Result, int]:
+        """The Result to continue and the first round to run: resumed, or fresh."""
+        restored = self.resumed_checkpoint
         if restored is not None:
-            result = restored.result
-            arrays = restored.arrays
-            first_round = restored.server_round + 1
-            log(INFO, "dstar: resuming after round %s (checkpoint %s)", restored.server_round, path)
-            if first_round > num_rounds:
-                log(INFO, "dstar: all %s rounds were completed before; nothing to run", num_rounds)
-                return result
+            log(INFO, "dstar: resuming after round %s", restored.server_round)
+            restored.result.arrays = restored.arrays
+            return restored.result, restored.server_round + 1
+        result = Result()
+        result.arrays = initial_arrays
+        if evaluate_fn:
+            res = evaluate_fn(0, initial_arrays)
+            log(INFO, "Initial global evaluation results: %s", res)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
+        return result, 1
+
+    def _train_round(
+        self,
+        server_round: int,
+        result: Result,
+        config: ConfigRecord,
+        grid: Grid,
+        collector: FirstKCollector,
+    ) -> None:
+        """Sample, collect the first k replies, aggregate; record the round in ``result``."""
+        self._busy_node_ids = collector.busy_node_ids()
+        messages = list(self.configure_train(server_round, result.arrays, config, grid))
+        k = self.rule.k_for(len(messages))
+        if k is None:
+            # Too few nodes to aggregate: nothing is sent, the model is kept.
+            aggregated = AggregatedRound(None, None, RoundReport(server_round, len(messages)))
+            aggregated.report.skip(self.rule.too_few_nodes(len(messages)), too_few_nodes=True)
         else:
-            result = Result()
-            first_round = 1
-            if evaluate_fn:
-                res = evaluate_fn(0, initial_arrays)
-                log(INFO, "Initial global evaluation results: %s", res)
-                if res is not None:
-                    result.evaluate_metrics_serverapp[0] = res
-            arrays = initial_arrays
-        result.arrays = arrays
-        collector = FirstKCollector(grid, poll_interval=self.poll_interval)
-        self._message_ttl = timeout
-        self._running = True
+            self._log_k(k, len(messages))
+            collected = collector.collect(
+                messages,
+                server_round=server_round,
+                k=k,
+                timeout=self._message_ttl or 0.0,
+                check=self.check_reply,
+            )
+            aggregated = self.aggregate_checked(server_round, [*collected.kept, *collected.invalid])
+            aggregated.report.record_collection(k, collected)
+        aggregated.report.log()
+        if aggregated.arrays is not None:
+            result.arrays = aggregated.arrays
+        result.train_metrics_clientapp[server_round] = aggregated.metric_record()
 
-        try:
-            for current_round in range(first_round, num_rounds + 1):
-                log(INFO, "")
-                log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-                self._busy_node_ids = collector.busy_node_ids()
-                messages = list(self.configure_train(current_round, arrays, train_config, grid))
-                k = self.rule.k_for(len(messages))
-                if k is None:
-                    # Too few nodes to aggregate: nothing is sent, the model is kept.
-                    report = RoundReport(server_round=current_round, num_sampled=len(messages))
-                    report.skip(self.rule.too_few_nodes(len(messages)), too_few_nodes=True)
-                    self.last_report = report
-                    new_arrays, train_metrics = None, report.to_metric_record()
-                else:
-                    self._log_k(k, len(messages))
-                    collected = collector.collect(
-                        messages,
-                        server_round=current_round,
-                        k=k,
-                        timeout=timeout,
-                        check=self.check_train_reply,
-                    )
-                    # Through aggregate_train, so that wrappers of it (an omniscient
-                    # adversary in simulations) see the round's replies.
-                    new_arrays, train_metrics = self.aggregate_train(
-                        current_round, [*collected.kept, *(m for m, _ in collected.invalid)]
-                    )
-                    report = self.last_report
-                    assert report is not None
-                    report.k = k
-                    report.num_sampled = collected.num_sampled
-                    report.late_node_ids = collected.late_node_ids
-                    report.num_drained_late = sum(d.arrived for d in collected.drained)
-                    report.round_seconds = collected.seconds
-                report.log()
-                if new_arrays is not None:
-                    arrays = new_arrays
-                    result.arrays = arrays
-                result.train_metrics_clientapp[current_round] = _merge(
-                    train_metrics, report.to_metric_record()
-                )
+    # pylint: disable=too-many-arguments,too-many-positional-arguments
+    def _evaluate_round(
+        self,
+        server_round: int,
+        result: Result,
+        config: ConfigRecord,
+        grid: Grid,
+        collector: FirstKCollector,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+    ) -> None:
+        """Federated evaluation (if configured), then the server's own ``evaluate_fn``."""
+        messages = list(self.configure_evaluate(server_round, result.arrays, config, grid))
+        if messages:
+            evaluated = collector.collect(
+                messages,
+                server_round=server_round,
+                k=len(messages),
+                timeout=self._message_ttl or 0.0,
+            )
+            metrics = self.aggregate_evaluate(
+                server_round, [reply.message for reply in (*evaluated.kept, *evaluated.invalid)]
+            )
+            if metrics is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
+                result.evaluate_metrics_clientapp[server_round] = metrics
+        if evaluate_fn:
+            log(INFO, "Global evaluation")
+            res = evaluate_fn(server_round, result.arrays)
+            log(INFO, "\t└──> MetricRecord: %s", res)
+            if res is not None:
+                result.evaluate_metrics_serverapp[server_round] = res
 
-                evaluate_messages = list(
-                    self.configure_evaluate(current_round, arrays, evaluate_config, grid)
-                )
-                if evaluate_messages:
-                    evaluated = collector.collect(
-                        evaluate_messages,
-                        server_round=current_round,
-                        k=len(evaluate_messages),
-                        timeout=timeout,
-                    )
-                    agg_evaluate_metrics = self.aggregate_evaluate(
-                        current_round,
-                        [*evaluated.kept, *(m for m, _ in evaluated.invalid)],
-                    )
-                    if agg_evaluate_metrics is not None:
-                        log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
-                        result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
+    @staticmethod
+    def _save_checkpoint(
+        path: Path,
+        server_round: int,
+        result: Result,
+        checkpoint_state_fn: CheckpointStateFn | None,
+    ) -> None:
+        state = checkpoint_state_fn(server_round, result) if checkpoint_state_fn else {}
+        save_checkpoint(path, Checkpoint(server_round, result.arrays, result, state))
+        log(INFO, "dstar: round %s checkpointed to %s", server_round, path)
 
-                if evaluate_fn:
-                    log(INFO, "Global evaluation")
-                    res = evaluate_fn(current_round, arrays)
-                    log(INFO, "\t└──> MetricRecord: %s", res)
-                    if res is not None:
-                        result.evaluate_metrics_serverapp[current_round] = res
-
-                if path is not None:
-                    state = {}
-                    if checkpoint_state_fn is not None:
-                        state = checkpoint_state_fn(current_round, result)
-                    save_checkpoint(path, Checkpoint(current_round, arrays, result, state))
-                    log(INFO, "dstar: round %s checkpointed to %s", current_round, path)
-        finally:
-            drained = collector.drain(wait=True)
-            if drained:
-                log(
-                    INFO,
-                    "dstar: drained %s late replies and %s expired messages at the end",
-                    sum(d.arrived for d in drained),
-                    sum(not d.arrived for d in drained),
-                )
-            self._message_ttl = None
-            self._busy_node_ids = set()
-            self._running = False
-
-        log(INFO, "")
-        log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
-        log(INFO, "")
-        log(INFO, "Final results:")
-        log(INFO, "")
-        for line in io.StringIO(str(result)):
-            log(INFO, "\t%s", line.strip("\n"))
-        log(INFO, "")
-        return result
+    def _end_run(self, collector: FirstKCollector) -> None:
+        """Drain the replies still pending and leave the run state."""
+        drained = collector.drain(wait=True)
+        if drained:
+            log(
+                INFO,
+                "dstar: drained %s late replies and %s expired messages at the end",
+                sum(d.arrived for d in drained),
+                sum(not d.arrived for d in drained),
+            )
+        self._message_ttl = None
+        self._busy_node_ids = set()
+        self._running = False
 
     def _log_k(self, k: int, num_sampled: int) -> None:
         """Log the round's k, and why when it is above what ``first_k`` gives."""
@@ -727,20 +678,16 @@ evaluate_fn
         return checkpoint
 
 
-def _short(reason: str, limit: int = 200) -> str:
-    """A one-line, bounded form of an error reason (ClientApp tracebacks are long)."""
-    line = " ".join(reason.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _merge(first: MetricRecord | None, second: MetricRecord) -> MetricRecord:
-    merged = MetricRecord()
-    if first is not None:
-        for key, value in first.items():
-            merged[key] = value
-    for key, value in second.items():
-        merged[key] = value
-    return merged
+def _log_final_results(result: Result, seconds: float) -> None:
+    """Log the run's end as Flower's ``Strategy.start`` does."""
+    log(INFO, "")
+    log(INFO, "Strategy execution finished in %.2fs", seconds)
+    log(INFO, "")
+    log(INFO, "Final results:")
+    log(INFO, "")
+    for line in io.StringIO(str(result)):
+        log(INFO, "\t%s", line.strip("\n"))
+    log(INFO, "")
 
 
 def _evaluate_num_examples(reply: Message, weighted_by_key: str, max_num_examples: float) -> float:

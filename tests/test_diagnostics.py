@@ -11,8 +11,9 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from dstar_flwr import DStar
+from dstar_flwr import DStar, check_train_reply
 from dstar_flwr.interception import DropMalformedReplies
+from dstar_flwr.records import layout_of
 from simulations.app.adversary import probe_of, wrap_strategy
 from simulations.app.diagnostics import (
     HonestMeanProbe,
@@ -110,7 +111,8 @@ def test_probe_measures_the_honest_mean_and_changes_nothing() -> None:
     probe = HonestMeanProbe({3})
     probe.configure(1, arrays)
     before = [r.content for r in replies]
-    assert probe.transform(1, replies) is replies
+    checked = [check_train_reply(r, layout_of(arrays)) for r in replies]
+    assert probe.transform(1, checked) is checked
     assert [r.content for r in replies] == before
     np.testing.assert_allclose(probe.honest_mean(1), (a + b) / 2, atol=1e-6)
     probed = probe.rounds[1]
@@ -130,7 +132,7 @@ def test_probe_measures_the_honest_mean_and_changes_nothing() -> None:
     # Another round, or a round without honest replies: undefined.
     assert all(math.isnan(v) for v in probe.resilience_of(2, arrays).values())
     probe.configure(2, arrays)
-    probe.transform(2, [r for r in replies if r.metadata.src_node_id == 3])
+    probe.transform(2, [r for r in checked if r.node_id == 3])
     assert all(math.isnan(v) for v in probe.resilience_of(2, arrays).values())
 
 
@@ -154,8 +156,8 @@ def test_the_probe_is_always_there_and_last(
     config = run_config(strategy=strategy, threat_model=threat_model, attack="sign-flip")
     built = build_strategy(ExperimentConfig.from_run_config(config), _root_towards_target, 5)
     wrapped = wrap_strategy(built, config, _roles({1}, range(1, 6)), seed=0)
-    assert [type(t) for t in wrapped.transforms] == expected
-    assert probe_of(wrapped) is wrapped.transforms[-1]
+    assert [type(t) for t in wrapped.reply_transforms] == expected  # type: ignore[attr-defined]
+    assert probe_of(wrapped) is wrapped.reply_transforms[-1]  # type: ignore[attr-defined]
 
 
 def _run_with_probe(strategy_name: str, rounds: int = 3) -> tuple[dict[int, dict], HonestMeanProbe]:

@@ -8,6 +8,7 @@ import pytest
 from flwr.app import Message, MetricRecord, RecordDict
 
 from dstar_flwr.first_k import FirstKCollector, resolve_first_k
+from dstar_flwr.replies import CheckedReply, ReplyStatus
 
 from .fake_grid import FakeGrid, FakeNode
 
@@ -27,8 +28,10 @@ def _messages(grid: FakeGrid, ttl: float) -> list[Message]:
     ]
 
 
-def _check(reply: Message) -> str | None:
-    return None if "num-examples" in reply.content["metrics"] else "no num-examples"
+def _check(reply: Message) -> CheckedReply:
+    if "num-examples" in reply.content["metrics"]:
+        return CheckedReply(reply, ReplyStatus.VALID)
+    return CheckedReply(reply, ReplyStatus.MALFORMED, "no num-examples")
 
 
 def test_resolve_first_k() -> None:
@@ -49,7 +52,7 @@ def test_the_k_earliest_valid_replies_win_and_the_round_ends_at_the_kth() -> Non
     collected = collector.collect(
         _messages(grid, 5.0), server_round=1, k=3, timeout=5.0, check=_check
     )
-    assert [m.metadata.src_node_id for m in collected.kept] == [2, 4, 3]
+    assert [r.node_id for r in collected.kept] == [2, 4, 3]
     assert collected.reached_k
     assert 0.25 <= collected.seconds < 0.5
     assert sorted(collected.late_node_ids) == [1, 5]
@@ -61,10 +64,8 @@ def test_invalid_replies_do_not_count_towards_k() -> None:
     collected = FirstKCollector(grid, poll_interval=0.01).collect(
         _messages(grid, 5.0), server_round=1, k=2, timeout=5.0, check=_check
     )
-    assert [m.metadata.src_node_id for m in collected.kept] == [2, 3]
-    assert [(m.metadata.src_node_id, reason) for m, reason in collected.invalid] == [
-        (1, "no num-examples")
-    ]
+    assert [r.node_id for r in collected.kept] == [2, 3]
+    assert [(r.node_id, r.reason) for r in collected.invalid] == [(1, "no num-examples")]
 
 
 def test_timeout_closes_the_round_with_what_arrived() -> None:
@@ -74,7 +75,7 @@ def test_timeout_closes_the_round_with_what_arrived() -> None:
     collected = FirstKFixture(grid).collect(k=3, timeout=0.3)
     assert time.monotonic() - started < 1.0
     assert not collected.reached_k
-    assert [m.metadata.src_node_id for m in collected.kept] == [1, 2]
+    assert [r.node_id for r in collected.kept] == [1, 2]
     assert collected.late_node_ids == [3]
 
 
@@ -104,7 +105,7 @@ def test_late_replies_are_drained_not_carried_into_a_later_round() -> None:
     second = rounds.collect(k=2, timeout=2.0)
     assert [d.node_id for d in second.drained] == [3]
     assert second.drained[0].server_round == 1 and second.drained[0].arrived
-    kept_ids = {m.metadata.reply_to_message_id for m in second.kept}
+    kept_ids = {r.message.metadata.reply_to_message_id for r in second.kept}
     round_one_ids = {m.metadata.message_id for m in grid.pushed[:3]}
     assert not kept_ids & round_one_ids
     drained = rounds.collector.drain(wait=True)
@@ -130,8 +131,8 @@ def test_error_replies_are_invalid() -> None:
         {1: FakeNode(0.01, lambda _: Error(code=1, reason="boom")), 2: FakeNode(0.02, _ok)}
     )
     collected = FirstKFixture(grid).collect(k=1, timeout=1.0)
-    assert [m.metadata.src_node_id for m in collected.kept] == [2]
-    assert "boom" in collected.invalid[0][1]
+    assert [r.node_id for r in collected.kept] == [2]
+    assert "boom" in collected.invalid[0].reason
     assert np.isclose(len(collected.invalid), 1)
 
 
@@ -184,7 +185,7 @@ def test_a_back_dated_reply_does_not_jump_the_queue() -> None:
     collected = FirstKCollector(grid, poll_interval=0.3).collect(
         _messages(grid, 5.0), server_round=1, k=2, timeout=5.0, check=_check
     )
-    assert [m.metadata.src_node_id for m in collected.kept] == [1, 2]
+    assert [r.node_id for r in collected.kept] == [1, 2]
     assert collected.late_node_ids == [9]
 
 
@@ -205,7 +206,7 @@ def test_a_reply_repeated_in_one_pull_is_dropped_not_a_key_error(
         collected = FirstKCollector(grid, poll_interval=0.05).collect(
             _messages(grid, 5.0), server_round=1, k=3, timeout=5.0, check=_check
         )
-    assert sorted(m.metadata.src_node_id for m in collected.kept) == [1, 2, 3]
+    assert sorted(r.node_id for r in collected.kept) == [1, 2, 3]
     assert [m.metadata.src_node_id for m, _ in collected.discarded] == [1]
     assert "repeated" in collected.discarded[0][1]
     assert "repeated" in caplog.text
@@ -235,7 +236,7 @@ def test_a_reply_from_another_node_than_the_destination_is_dropped(
         collected = FirstKCollector(grid, poll_interval=0.01).collect(
             _messages(grid, 5.0), server_round=1, k=2, timeout=5.0, check=_check
         )
-    assert [m.metadata.src_node_id for m in collected.kept] == [3, 2]
+    assert [r.node_id for r in collected.kept] == [3, 2]
     assert [m.metadata.src_node_id for m, _ in collected.discarded] == [2]
     assert "sent to node 1" in collected.discarded[0][1]
     assert collected.invalid == []

@@ -40,10 +40,11 @@ def test_behind_the_guard_flower_strategies_go_on(strategy: FedAvg) -> None:
     assert "aggregate_train" not in vars(strategy)
 
 
-def test_extra_start_arguments_reach_the_wrapped_strategy(tmp_path: Path) -> None:
+def test_dstar_applies_its_reply_transforms_itself(tmp_path: Path) -> None:
     checkpoint = tmp_path / "run.ckpt.npz"
-    wrapped = InterceptedStrategy(DStar(num_byzantine=1, first_k=5), [DropMalformedReplies()])
-    wrapped.start(
+    guard = DropMalformedReplies()
+    strategy = DStar(num_byzantine=1, first_k=5, reply_transforms=[guard])
+    strategy.start(
         grid=_grid(),
         initial_arrays=_model(np.zeros(23, np.float32)),
         num_rounds=2,
@@ -51,3 +52,9 @@ def test_extra_start_arguments_reach_the_wrapped_strategy(tmp_path: Path) -> Non
         checkpoint_path=checkpoint,
     )
     assert load_checkpoint(checkpoint).server_round == 2
+    assert set(guard.dropped_per_round) <= {1, 2}
+
+
+def test_wrapping_dstar_is_refused_with_what_to_do() -> None:
+    with pytest.raises(TypeError, match="reply_transforms"):
+        InterceptedStrategy(DStar(num_byzantine=1), [DropMalformedReplies()])

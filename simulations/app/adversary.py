@@ -27,7 +27,7 @@ from clients.attack_vectors import (
     get_vector_attack,
 )
 from dstar_flwr import DStar
-from dstar_flwr.interception import DropMalformedReplies, InterceptedStrategy, ReplyTransform
+from dstar_flwr.interception import DropMalformedReplies, ReplyTransform, with_reply_transforms
 from simulations.app.diagnostics import HonestMeanProbe
 from simulations.app.omniscient import AttackVectorFn, OmniscientAttack
 from simulations.app.results import NodeRoles
@@ -64,7 +64,7 @@ def transform_log(strategy: Strategy) -> tuple[dict[int, list[int]], dict[int, l
     """Node ids per round: replies the omniscient adversary replaced, and the guard dropped."""
     replaced: dict[int, list[int]] = {}
     dropped: dict[int, list[int]] = {}
-    for transform in getattr(strategy, "transforms", []):
+    for transform in getattr(strategy, "reply_transforms", []):
         if isinstance(transform, OmniscientAttack):
             replaced = transform.replaced_per_round
         elif isinstance(transform, DropMalformedReplies):
@@ -74,7 +74,7 @@ def transform_log(strategy: Strategy) -> tuple[dict[int, list[int]], dict[int, l
 
 def probe_of(strategy: Strategy) -> HonestMeanProbe | None:
     """The :class:`HonestMeanProbe` among ``strategy``'s transforms, if any."""
-    for transform in getattr(strategy, "transforms", []):
+    for transform in getattr(strategy, "reply_transforms", []):
         if isinstance(transform, HonestMeanProbe):
             return transform
     return None
@@ -85,13 +85,14 @@ def wrap_strategy(
     run_config: Mapping[str, object],
     roles: NodeRoles,
     seed: int,
-) -> InterceptedStrategy:
+) -> Strategy:
     """``strategy`` behind its transforms, in this order.
 
     The omniscient adversary (under that threat model, with Byzantine nodes),
     the malformed-reply guard (for strategies that do not check replies
     themselves: all but DStar and FLTrust), and the honest-mean probe (always,
-    last: it sees what the strategy aggregates).
+    last: it sees what the strategy aggregates). DStar and FLTrust take them
+    as their own ``reply_transforms``; any other strategy is wrapped.
     """
     params = AttackParams.from_run_config(run_config)
     transforms: list[ReplyTransform] = []
@@ -100,4 +101,4 @@ def wrap_strategy(
     if not isinstance(strategy, DStar | FLTrust):
         transforms.append(DropMalformedReplies())
     transforms.append(HonestMeanProbe(roles.byzantine))
-    return InterceptedStrategy(strategy, transforms)
+    return with_reply_transforms(strategy, transforms)

@@ -29,14 +29,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 from numpy.typing import ArrayLike, NDArray
 
-from dstar_flwr.records import (
-    DEFAULT_MAX_NUM_EXAMPLES,
-    ArrayLayout,
-    MalformedReply,
-    flatten_record,
-    layout_of,
-    parse_train_reply,
-)
+from dstar_flwr.records import ArrayLayout, flatten_record, layout_of
+from dstar_flwr.replies import CheckedReply
 from simulations.app.timed_grid import TimedGrid
 
 NAN = float("nan")
@@ -109,10 +103,6 @@ class HonestMeanProbe:
     ----------
     byzantine_node_ids : Iterable[int]
         The nodes whose replies are not honest (whatever they send).
-    weighted_by_key : str (default: "num-examples")
-        The MetricRecord key of the example count, used to check replies.
-    max_num_examples : float (default: 1e9)
-        Replies claiming more examples are not counted as valid.
 
     Attributes
     ----------
@@ -125,13 +115,8 @@ class HonestMeanProbe:
     def __init__(
         self,
         byzantine_node_ids: Iterable[int],
-        *,
-        weighted_by_key: str = "num-examples",
-        max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
         self.byzantine_node_ids = frozenset(int(n) for n in byzantine_node_ids)
-        self.weighted_by_key = weighted_by_key
-        self.max_num_examples = max_num_examples
         self.rounds: dict[int, ProbedRound] = {}
         self._round: int | None = None
         self._layout: ArrayLayout | None = None
@@ -148,33 +133,22 @@ class HonestMeanProbe:
         self._honest_mean_round = None
         self._honest_mean = None
 
-    def transform(self, server_round: int, replies: list[Message]) -> list[Message]:
+    def transform(self, server_round: int, replies: list[CheckedReply]) -> list[CheckedReply]:
         """Record the round's honest mean update; return ``replies`` unchanged."""
         if self._layout is None or self._global_weights is None:
             raise RuntimeError("configure must run before transform.")
         probed = ProbedRound(server_round)
         total = np.zeros(self._global_weights.size, dtype=np.float64)
         for reply in replies:
-            node_id = int(reply.metadata.src_node_id)
-            if reply.has_error():
-                probed.invalid_node_ids.append(node_id)
+            if not reply.is_valid:
+                probed.invalid_node_ids.append(reply.node_id)
                 continue
-            try:
-                parsed = parse_train_reply(
-                    reply.content,
-                    self._layout,
-                    weighted_by_key=self.weighted_by_key,
-                    max_num_examples=self.max_num_examples,
-                )
-            except MalformedReply:
-                probed.invalid_node_ids.append(node_id)
-                continue
-            probed.valid_node_ids.append(node_id)
-            if node_id in self.byzantine_node_ids:
-                probed.byzantine_node_ids.append(node_id)
+            probed.valid_node_ids.append(reply.node_id)
+            if reply.node_id in self.byzantine_node_ids:
+                probed.byzantine_node_ids.append(reply.node_id)
             else:
-                probed.honest_node_ids.append(node_id)
-                total += parsed.weights - self._global_weights
+                probed.honest_node_ids.append(reply.node_id)
+                total += reply.weights - self._global_weights
         self.rounds[server_round] = probed
         self._honest_mean_round = server_round
         count = len(probed.honest_node_ids)

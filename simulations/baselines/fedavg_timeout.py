@@ -9,7 +9,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from simulations.app.timed_grid import DelegatingGrid
+from dstar_flwr.delegating_grid import DelegatingGrid
 
 
 class FedAvgTimeout(FedAvg):

@@ -29,16 +29,17 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 from numpy.typing import ArrayLike, NDArray
 
+from dstar_flwr.interception import ReplyTransform, apply_transforms, configure_transforms
 from dstar_flwr.records import (
     DEFAULT_MAX_NUM_EXAMPLES,
     ArrayLayout,
-    MalformedReply,
     flatten_record,
     flatten_trusted,
     layout_of,
-    parse_train_reply,
     unflatten_vector,
 )
+from dstar_flwr.replies import ReplyStatus, check_train_reply, log_dropped
+from dstar_flwr.report import merge_metric_records
 
 RootTrainFn = Callable[[ArrayRecord], ArrayRecord]
 
@@ -118,6 +119,9 @@ class FLTrust(FedAvg):
         eta in ``w <- w + eta * aggregate``.
     max_num_examples : float (default: 1e9)
         Replies claiming more examples are dropped as malformed.
+    reply_transforms : Sequence[ReplyTransform] (default: ())
+        Applied in order to each round's checked replies before scoring (see
+        :mod:`dstar_flwr.interception`), as DStar does.
     fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
 min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
 train_metrics_aggr_fn, evaluate_metrics_aggr_fn
@@ -140,6 +144,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         validation_train_fn: RootTrainFn,
         server_learning_rate: float = 1.0,
         max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES,
+        reply_transforms: Sequence[ReplyTransform] = (),
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -173,6 +178,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         self.validation_train_fn = validation_train_fn
         self.server_learning_rate = float(server_learning_rate)
         self.max_num_examples = max_num_examples
+        self.reply_transforms = list(reply_transforms)
         self._global_arrays: ArrayRecord | None = None
         self._global_layout: ArrayLayout | None = None
         self.last_trust_scores: dict[int, float] = {}
@@ -190,6 +196,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         """Remember the global arrays, then configure the round as FedAvg does."""
         self._global_arrays = arrays
         self._global_layout = layout_of(arrays)
+        configure_transforms(self.reply_transforms, server_round, arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def _root_update(self, global_weights: NDArray[np.floating]) -> NDArray[np.floating] | None:
@@ -222,26 +229,25 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         malformed: list[int] = []
         failed: list[int] = []
         global_weights = flatten_record(self._global_arrays, layout)
-        for reply in replies:
-            node_id = int(reply.metadata.src_node_id)
-            if reply.has_error():
-                failed.append(node_id)
-                log(INFO, "\t> Node %s failed: %s", node_id, _short(reply.error.reason))
-                continue
-            try:
-                parsed = parse_train_reply(
-                    reply.content,
-                    layout,
-                    weighted_by_key=self.weighted_by_key,
-                    max_num_examples=self.max_num_examples,
-                )
-            except MalformedReply as error:
-                malformed.append(node_id)
-                log(INFO, "\t> Dropped the reply of node %s: %s", node_id, error)
-                continue
-            node_ids.append(node_id)
-            updates.append(parsed.weights - global_weights)
-            contents.append(reply.content)
+        checked = [
+            check_train_reply(
+                reply,
+                layout,
+                weighted_by_key=self.weighted_by_key,
+                max_num_examples=self.max_num_examples,
+            )
+            for reply in replies
+        ]
+        for reply in apply_transforms(self.reply_transforms, server_round, checked):
+            log_dropped(reply)
+            if reply.status is ReplyStatus.FAILED:
+                failed.append(reply.node_id)
+            elif reply.status is ReplyStatus.MALFORMED:
+                malformed.append(reply.node_id)
+            else:
+                node_ids.append(reply.node_id)
+                updates.append(reply.weights - global_weights)
+                contents.append(reply.message.content)
 
         root = self._root_update(global_weights) if updates else None
         if root is None:
@@ -291,7 +297,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             " | SKIPPED, model kept" if arrays is None else "",
         )
         trusted = [c for c, score in zip(contents, trust, strict=False) if score > 0]
-        return arrays, _merge(self._client_metrics(trusted), report)
+        return arrays, merge_metric_records(self._client_metrics(trusted), report)
 
     def _client_metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
         if not contents:
@@ -301,17 +307,3 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         except Exception as error:  # noqa: BLE001 - client metrics are not essential
             log(WARNING, "fltrust: could not aggregate client train metrics: %s", error)
             return None
-
-
-def _short(reason: str, limit: int = 200) -> str:
-    line = " ".join(reason.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _merge(first: MetricRecord | None, second: MetricRecord) -> MetricRecord:
-    merged = MetricRecord()
-    for record in (first, second):
-        if record is not None:
-            for key, value in record.items():
-                merged[key] = value
-    return merged
