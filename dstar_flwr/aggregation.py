@@ -154,11 +154,6 @@ def coordinate_median(stack: NDArray[np.floating]) -> NDArray[np.floating]:
     return median
 
 
-def distances_to(stack: NDArray[np.floating], center: NDArray[np.floating]) -> NDArray[np.float64]:
-    """Euclidean distance of each row of ``stack`` to ``center``, in float64."""
-    return np.array([_distance(row, center) for row in stack], dtype=np.float64)
-
-
 def _distance(row: NDArray[np.floating], center: NDArray[np.floating]) -> float:
     difference = (row - center).astype(np.float64, copy=False)
     return float(np.sqrt(np.dot(difference, difference)))
@@ -799,16 +794,7 @@ def dstar_aggregate(
         No updates, unequal lengths, non-flat or non-float updates, ``k < 2f + 1``,
         or invalid parameters.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-    if threshold_factor <= 0 or not np.isfinite(threshold_factor):
-        raise ValueError(f"threshold_factor must be > 0, got {threshold_factor}.")
-    if not (max_robust_z >= 0 and np.isfinite(max_robust_z)):
-        raise ValueError(f"max_robust_z must be >= 0 and finite, got {max_robust_z}.")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
-    if center not in CENTERS:
-        raise ValueError(f"center must be one of {CENTERS}, got {center!r}.")
+    _check_filter_settings(variant, max_robust_z, threshold_factor, scale, center)
     rows, dimension = _as_rows(updates)
     num_updates = len(rows)
     dtype = rows[0].dtype
@@ -820,13 +806,8 @@ def dstar_aggregate(
 
     # One pass: the reference and every deviation (the validation update's too),
     # and which inputs hold NaN or Inf. Non-finite inputs never take part in a
-    # median. The anchored reference is v itself: the "median" of v alone.
-    if variant == "anchored" and validation is not None:
-        members = [num_updates]
-    else:
-        members = list(range(num_updates))
-        if validation is not None and variant == "paper" and center == "ensemble":
-            members.append(num_updates)
+    # median.
+    members = _reference_members(num_updates, validation is not None, variant, center)
     reference, squares, finite = _reference_and_squares(rows, validation, members)
     non_finite = tuple(int(i) for i in np.flatnonzero(~finite[:num_updates]))
     finite_rows = np.flatnonzero(finite[:num_updates])
@@ -845,33 +826,19 @@ def dstar_aggregate(
     deviations = np.full(num_updates, np.inf)
     deviations[finite_rows] = np.sqrt(squares[finite_rows])
     validation_deviation = float(np.sqrt(squares[num_updates])) if validation is not None else None
-    reference_norm = _distance(reference, np.zeros(1, dtype=dtype))
     if variant == "anchored":
-        scale_value, spread = robust_spread(deviations[finite_rows])
-        threshold = max(
-            scale_value + max_robust_z * spread,
-            threshold_floor(scale_value, reference_norm, dtype),
+        reference_norm = _distance(reference, np.zeros(1, dtype=dtype))
+        scale_value, threshold = _anchored_threshold(
+            deviations[finite_rows], reference_norm, max_robust_z, dtype
         )
     else:
-        scale_value = deviation_scale(deviations[finite_rows], validation_deviation, scale)
-        # The floor leaves out the reference's norm: it keeps this variant exactly
-        # translation-equivariant (``tests/test_properties.py``).
-        threshold = (
-            max(threshold_factor * scale_value, threshold_floor(0.0, scale_value, dtype))
-            if np.isfinite(scale_value)
-            else np.inf
+        scale_value, threshold = _paper_threshold(
+            deviations[finite_rows], validation_deviation, threshold_factor, scale, dtype
         )
 
     candidates = [int(i) for i in finite_rows if deviations[i] <= threshold]
     if variant == "anchored" and norm_test and candidates:
-        norms = np.array([_squared_norm(rows[i]) for i in finite_rows]) ** 0.5
-        middle, spread = robust_spread(norms)
-        band = max(max_robust_z * spread, threshold_floor(0.0, middle, dtype))
-        # Written as "within", not "not outside": an infinite norm minus an
-        # infinite median is NaN, and such an update must not pass.
-        within = {
-            int(i) for i, norm in zip(finite_rows, norms, strict=True) if abs(norm - middle) <= band
-        }
+        within = _within_norm_band(rows, finite_rows, max_robust_z, dtype)
         candidates = [i for i in candidates if i in within]
     if cap_accepted:
         # Stable sort: ties keep arrival order, so the result does not depend on
@@ -880,18 +847,10 @@ def dstar_aggregate(
         candidates = candidates[: num_updates - num_byzantine]
     accepted = tuple(sorted(candidates))
     accepted_set = set(accepted)
-    rejected = tuple(i for i in range(num_updates) if i not in accepted_set)
-
     if accepted:
-        accepted_weights = weight_array[list(accepted)]
-        if accepted_weights.sum() <= 0:
-            accepted_weights = np.ones(len(accepted))
-        accepted_weights = accepted_weights / accepted_weights.sum()
-        aggregate = _weighted_sum([rows[i] for i in accepted], accepted_weights)
-        source = "accepted"
+        aggregate = _weighted_mean([rows[i] for i in accepted], weight_array[list(accepted)])
     else:
         aggregate = reference.copy()
-        source = "center"
 
     return DStarAggregation(
         aggregate=aggregate,
@@ -899,9 +858,98 @@ def dstar_aggregate(
         deviations=deviations,
         validation_deviation=validation_deviation,
         accepted=accepted,
-        rejected=rejected,
+        rejected=tuple(i for i in range(num_updates) if i not in accepted_set),
         non_finite=non_finite,
         threshold=float(threshold),
         scale=float(scale_value),
-        source=source,
+        source="accepted" if accepted else "center",
     )
+
+
+def _check_filter_settings(
+    variant: str, max_robust_z: float, threshold_factor: float, scale: str, center: str
+) -> None:
+    """Fail on a filter setting that cannot work, saying what was given."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    if threshold_factor <= 0 or not np.isfinite(threshold_factor):
+        raise ValueError(f"threshold_factor must be > 0, got {threshold_factor}.")
+    if not (max_robust_z >= 0 and np.isfinite(max_robust_z)):
+        raise ValueError(f"max_robust_z must be >= 0 and finite, got {max_robust_z}.")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+    if center not in CENTERS:
+        raise ValueError(f"center must be one of {CENTERS}, got {center!r}.")
+
+
+def _reference_members(
+    num_updates: int, has_validation: bool, variant: str, center: str
+) -> list[int]:
+    """The inputs whose coordinate-wise median is the reference (index k: ``v``).
+
+    The anchored reference is ``v`` itself, the "median" of ``v`` alone; without
+    ``v``, and in the paper's reading, it is the median of the updates (with
+    ``v`` for the ensemble center).
+    """
+    if variant == "anchored" and has_validation:
+        return [num_updates]
+    members = list(range(num_updates))
+    if has_validation and variant == "paper" and center == "ensemble":
+        members.append(num_updates)
+    return members
+
+
+def _anchored_threshold(
+    finite_deviations: NDArray[np.float64],
+    reference_norm: float,
+    max_robust_z: float,
+    dtype: np.dtype[Any],
+) -> tuple[float, float]:
+    """The anchored variant's scale (the median deviation) and band edge."""
+    middle, spread = robust_spread(finite_deviations)
+    threshold = max(middle + max_robust_z * spread, threshold_floor(middle, reference_norm, dtype))
+    return middle, threshold
+
+
+def _paper_threshold(
+    finite_deviations: NDArray[np.float64],
+    validation_deviation: float | None,
+    threshold_factor: float,
+    scale: ScaleName,
+    dtype: np.dtype[Any],
+) -> tuple[float, float]:
+    """Our reading of the paper: the scale ``s`` and the threshold ``c * s``."""
+    scale_value = deviation_scale(finite_deviations, validation_deviation, scale)
+    if not np.isfinite(scale_value):
+        return scale_value, np.inf
+    # The floor leaves out the reference's norm: it keeps this variant exactly
+    # translation-equivariant (``tests/test_properties.py``).
+    return scale_value, max(
+        threshold_factor * scale_value, threshold_floor(0.0, scale_value, dtype)
+    )
+
+
+def _within_norm_band(
+    rows: Sequence[NDArray[np.floating]],
+    finite_rows: NDArray[np.intp],
+    max_robust_z: float,
+    dtype: np.dtype[Any],
+) -> set[int]:
+    """The finite updates whose norm is no robust outlier among theirs."""
+    norms = np.array([_squared_norm(rows[i]) for i in finite_rows]) ** 0.5
+    middle, spread = robust_spread(norms)
+    band = max(max_robust_z * spread, threshold_floor(0.0, middle, dtype))
+    # Written as "within", not "not outside": an infinite norm minus an infinite
+    # median is NaN, and such an update must not pass.
+    return {
+        int(i) for i, norm in zip(finite_rows, norms, strict=True) if abs(norm - middle) <= band
+    }
+
+
+def _weighted_mean(
+    rows: Sequence[NDArray[np.floating]], weights: NDArray[np.float64]
+) -> NDArray[np.floating]:
+    """The mean of ``rows`` with ``weights`` normalised (all zero: equal weights)."""
+    if weights.sum() <= 0:
+        weights = np.ones(len(rows))
+    return _weighted_sum(rows, weights / weights.sum())
