@@ -407,18 +407,10 @@ class FirstKFitWorkflow:
             timeout=self.round_timeout,
             check=self._check(context.strategy, fit_results),
         )
-        results = [
-            (proxies[reply.node_id], fit_results[reply.message.metadata.reply_to_message_id])
-            for reply in collected.kept
-        ]
-        failures: list[tuple[ClientProxy, FitRes] | BaseException] = []
-        for reply in collected.invalid:
-            log(INFO, "\t> Dropped the fit reply of node %s: %s", reply.node_id, reply.reason)
-            failures.append(DroppedFitReply(reply.node_id, reply.reason))
-        parameters_aggregated, metrics = context.strategy.aggregate_fit(
-            current_round, results, failures
+        parameters_aggregated, metrics = self._aggregate(
+            context, current_round, collected, proxies, fit_results
         )
-        metrics = {**metrics, **_collection_metrics(k, collected)}
+        metrics.update(_collection_metrics(k, collected))
         metrics["round-seconds"] = timeit.default_timer() - started
         log(
             INFO,
@@ -435,6 +427,26 @@ class FirstKFitWorkflow:
         context.history.add_metrics_distributed_fit(server_round=current_round, metrics=metrics)
         if current_round >= context.config.num_rounds:
             self._collector.drain(wait=True)
+
+    @staticmethod
+    def _aggregate(
+        context: LegacyContext,
+        current_round: int,
+        collected: CollectedRound,
+        proxies: dict[int, ClientProxy],
+        fit_results: dict[str, FitRes],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Hand the kept fit results (in arrival order) and the refused ones to the strategy."""
+        results = [
+            (proxies[reply.node_id], fit_results[reply.message.metadata.reply_to_message_id])
+            for reply in collected.kept
+        ]
+        failures: list[tuple[ClientProxy, FitRes] | BaseException] = []
+        for reply in collected.invalid:
+            log(INFO, "\t> Dropped the fit reply of node %s: %s", reply.node_id, reply.reason)
+            failures.append(DroppedFitReply(reply.node_id, reply.reason))
+        parameters, metrics = context.strategy.aggregate_fit(current_round, results, failures)
+        return parameters, dict(metrics)
 
     def _configure(
         self, context: LegacyContext, current_round: int, rule: DStarRule | None
