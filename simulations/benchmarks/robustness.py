@@ -85,15 +85,6 @@ DEFAULT_RULES: tuple[str, ...] = (
     "geometric-median",
     "nnm-trimmed-mean",
 )
-ABLATION_RULES: tuple[str, ...] = (
-    "dstar",
-    "dstar-z2.5",
-    "dstar-z4",
-    "dstar-no-norm-test",
-    "dstar-no-validation",
-    "dstar-paper",
-    "dstar-paper-no-validation",
-)
 
 
 @dataclass(frozen=True)
