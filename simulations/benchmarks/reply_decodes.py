@@ -119,10 +119,16 @@ def library_path(num_nodes: int) -> Callable[[], None]:
         run_config.update(SETTINGS)  # type: ignore[arg-type]
         grid = InProcessGrid(run_config, num_nodes)
         initial = ArrayRecord(build_model("digits", seed=0).state_dict())
+        # A ServerApp process has its task identity set by Flower; messages read it.
+        saved = {key: getattr(TaskIdentity, f"_{key}") for key in ("run_id", "node_id", "task_id")}
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        DStar(num_byzantine=2, first_k=0.8, fraction_evaluate=0.0).start(
-            grid=grid, initial_arrays=initial, num_rounds=2, timeout=30.0
-        )
+        try:
+            DStar(num_byzantine=2, first_k=0.8, fraction_evaluate=0.0).start(
+                grid=grid, initial_arrays=initial, num_rounds=2, timeout=30.0
+            )
+        finally:
+            for key, value in saved.items():
+                setattr(TaskIdentity, f"_{key}", value)
 
     return run
 
