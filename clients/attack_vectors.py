@@ -42,16 +42,18 @@ from typing import Literal
 
 import numpy as np
 
-from clients.config import read_bool, read_float, read_int, read_str
 from clients.malformed import MALFORMED_KINDS
 from clients.plugins import is_dotted_path, resolve_plugin
-from dstar_flwr.aggregation import CENTERS, DEFAULT_MAX_ROBUST_Z, SCALES, VARIANTS
+from clients.run_config import PERTURBATION_DIRECTIONS, RUN_CONFIG_KEYS, read_settings, setting
 
-THREAT_MODELS: tuple[str, ...] = ("client", "omniscient")
-GAUSSIAN_MODES: tuple[str, ...] = ("fixed", "scaled")
-PERTURBATION_DIRECTIONS: tuple[str, ...] = ("unit", "sign", "std")
-MIN_SUM_BOUNDS: tuple[str, ...] = ("max", "min")
-NON_FINITE_VALUES: tuple[str, ...] = ("nan", "inf")
+THREAT_MODELS: tuple[str, ...] = RUN_CONFIG_KEYS["threat-model"].choices
+GAUSSIAN_MODES: tuple[str, ...] = RUN_CONFIG_KEYS["gaussian-mode"].choices
+MIN_SUM_BOUNDS: tuple[str, ...] = RUN_CONFIG_KEYS["min-sum-bound"].choices
+NON_FINITE_VALUES: tuple[str, ...] = RUN_CONFIG_KEYS["non-finite-value"].choices
+# The server's DStar settings that tailored-dstar simulates (dstar_flwr's choices).
+_DSTAR_VARIANTS = RUN_CONFIG_KEYS["dstar-variant"].choices
+_DSTAR_SCALES = RUN_CONFIG_KEYS["deviation-scale"].choices
+_DSTAR_CENTERS = RUN_CONFIG_KEYS["dstar-center"].choices
 DATA_ATTACKS: frozenset[str] = frozenset({"label-flip"})
 REPLY_ATTACKS: frozenset[str] = frozenset({"malformed"})
 # The rules a ``tailored-<rule>`` attack knows (clients.tailored.TAILORED_RULES).
@@ -143,29 +145,29 @@ dstar_deviation_scale, dstar_center
         simulates. The adversary knows the rule and its settings.
     """
 
-    attacks: tuple[str, ...] = ("none",)
-    attack_scale: float = 1.0
-    gaussian_mode: str = "fixed"
-    alie_z: float = 0.0
-    ipm_epsilon: float = 0.1
-    min_max_direction: str = "unit"
-    min_sum_bound: str = "max"
-    tailored_direction: str = "unit"
-    tailored_surrogates: int = 5
-    tailored_quorum: int = 0
-    tailored_trim_beta: float = 0.2
-    non_finite_value: str = "nan"
-    non_finite_fraction: float = 1.0
-    malformed_kind: str = "wrong-shape"
-    estimation_batches: int = 1
-    threat_model: str = "client"
-    claimed_num_examples: int = 0
-    dstar_variant: str = "anchored"
-    dstar_max_robust_z: float = DEFAULT_MAX_ROBUST_Z
-    dstar_norm_test: bool = True
-    dstar_threshold_factor: float = 2.0
-    dstar_deviation_scale: str = "median"
-    dstar_center: str = "ensemble"
+    attacks: tuple[str, ...] = setting("attack", default=("none",))
+    attack_scale: float = setting("attack-scale")
+    gaussian_mode: str = setting("gaussian-mode")
+    alie_z: float = setting("alie-z")
+    ipm_epsilon: float = setting("ipm-epsilon")
+    min_max_direction: str = setting("min-max-direction")
+    min_sum_bound: str = setting("min-sum-bound")
+    tailored_direction: str = setting("tailored-direction")
+    tailored_surrogates: int = setting("tailored-surrogates")
+    tailored_quorum: int = setting("tailored-quorum")
+    tailored_trim_beta: float = setting("tailored-trim-beta")
+    non_finite_value: str = setting("non-finite-value")
+    non_finite_fraction: float = setting("non-finite-fraction")
+    malformed_kind: str = setting("malformed-kind")
+    estimation_batches: int = setting("attack-estimation-batches")
+    threat_model: str = setting("threat-model")
+    claimed_num_examples: int = setting("claimed-num-examples")
+    dstar_variant: str = setting("dstar-variant")
+    dstar_max_robust_z: float = setting("max-robust-z")
+    dstar_norm_test: bool = setting("norm-test")
+    dstar_threshold_factor: float = setting("threshold-factor")
+    dstar_deviation_scale: str = setting("deviation-scale")
+    dstar_center: str = setting("dstar-center")
 
     def __post_init__(self) -> None:
         names = self.attacks
@@ -198,15 +200,15 @@ dstar_deviation_scale, dstar_center
                 f"0 = cut f at each end), got {self.tailored_trim_beta!r}"
             )
         _check_integer(self.claimed_num_examples, "claimed-num-examples", 0, "0 = honest count")
-        _check_choice(self.dstar_variant, "dstar-variant", VARIANTS)
+        _check_choice(self.dstar_variant, "dstar-variant", _DSTAR_VARIANTS)
         _check_number(self.dstar_max_robust_z, "max-robust-z", minimum=0.0, hint="e.g. 3.0")
         if not isinstance(self.dstar_norm_test, bool):
             raise ValueError(f"norm-test must be true or false, got {self.dstar_norm_test!r}")
         _check_number(
             self.dstar_threshold_factor, "threshold-factor", minimum=0.0, strict=True, hint="2.0"
         )
-        _check_choice(self.dstar_deviation_scale, "deviation-scale", SCALES)
-        _check_choice(self.dstar_center, "dstar-center", CENTERS)
+        _check_choice(self.dstar_deviation_scale, "deviation-scale", _DSTAR_SCALES)
+        _check_choice(self.dstar_center, "dstar-center", _DSTAR_CENTERS)
         _check_choice(self.non_finite_value, "non-finite-value", NON_FINITE_VALUES)
         if not (_is_number(self.non_finite_fraction) and 0.0 < self.non_finite_fraction <= 1.0):
             raise ValueError(
@@ -240,46 +242,14 @@ dstar_deviation_scale, dstar_center
         Parameters
         ----------
         run_config : Mapping[str, object]
-            ``context.run_config``: ``attack``, ``attack-scale``,
-            ``gaussian-mode``, ``alie-z``, ``ipm-epsilon``, ``min-max-direction``,
-            ``min-sum-bound``, ``tailored-direction``, ``tailored-surrogates``,
-            ``tailored-quorum``, ``tailored-trim-beta``, ``non-finite-value``,
-            ``non-finite-fraction``, ``malformed-kind``,
-            ``attack-estimation-batches``, ``threat-model``,
-            ``claimed-num-examples``, and the DStar settings ``dstar-variant``,
-            ``max-robust-z``, ``norm-test``, ``threshold-factor``,
-            ``deviation-scale``, ``dstar-center``.
+            ``context.run_config``: the key of each field (its ``setting``).
 
         Returns
         -------
         AttackParams
             The validated settings.
         """
-        return cls(
-            attacks=parse_attack_names(read_str(run_config, "attack")),
-            attack_scale=read_float(run_config, "attack-scale"),
-            gaussian_mode=read_str(run_config, "gaussian-mode"),
-            alie_z=read_float(run_config, "alie-z"),
-            ipm_epsilon=read_float(run_config, "ipm-epsilon"),
-            min_max_direction=read_str(run_config, "min-max-direction"),
-            min_sum_bound=read_str(run_config, "min-sum-bound"),
-            tailored_direction=read_str(run_config, "tailored-direction"),
-            tailored_surrogates=read_int(run_config, "tailored-surrogates"),
-            tailored_quorum=read_int(run_config, "tailored-quorum"),
-            tailored_trim_beta=read_float(run_config, "tailored-trim-beta"),
-            non_finite_value=read_str(run_config, "non-finite-value"),
-            non_finite_fraction=read_float(run_config, "non-finite-fraction"),
-            malformed_kind=read_str(run_config, "malformed-kind"),
-            estimation_batches=read_int(run_config, "attack-estimation-batches"),
-            threat_model=read_str(run_config, "threat-model"),
-            claimed_num_examples=read_int(run_config, "claimed-num-examples"),
-            dstar_variant=read_str(run_config, "dstar-variant"),
-            dstar_max_robust_z=read_float(run_config, "max-robust-z"),
-            dstar_norm_test=read_bool(run_config, "norm-test"),
-            dstar_threshold_factor=read_float(run_config, "threshold-factor"),
-            dstar_deviation_scale=read_str(run_config, "deviation-scale"),
-            dstar_center=read_str(run_config, "dstar-center"),
-        )
+        return cls(**read_settings(cls, run_config))
 
     def dstar_rule_kwargs(self) -> dict[str, object]:
         """The server's DStar settings as ``dstar_aggregate`` keywords."""

@@ -12,7 +12,6 @@ the chunks a client-side attacker estimates ``mu`` and ``sigma`` from
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ from clients.attack_vectors import (
     attack_kind,
     get_vector_attack,
 )
+from dstar_flwr.records import ArrayLayout, flatten_record, layout_of, unflatten_vector
 
 __all__ = [
     "DATA_ATTACKS",
@@ -42,9 +42,9 @@ __all__ = [
     "estimation_chunks",
     "flatten_arrays",
     "flip_labels",
+    "floating_layout",
     "get_vector_attack",
     "is_data_attack",
-    "is_floating",
     "unflatten_like",
 ]
 
@@ -119,27 +119,33 @@ def estimation_chunks(
     return np.array_split(rng.permutation(num_examples), num_chunks)
 
 
-def is_floating(array: Array) -> bool:
-    """Return whether a Flower ``Array`` holds floating-point values.
+def floating_layout(record: ArrayRecord) -> ArrayLayout:
+    """The layout of ``record``'s floating arrays only, in record order.
+
+    Integer (and boolean) arrays, e.g. BatchNorm's ``num_batches_tracked``, are
+    not parameters and are never attacked, so they are left out.
 
     Parameters
     ----------
-    array : Array
-        A serialised array.
+    record : ArrayRecord
+        Named arrays, e.g. a model's state dict.
 
     Returns
     -------
-    bool
-        True for float16/32/64 arrays.
+    ArrayLayout
+        Keys, shapes and dtypes of the floating arrays.
     """
-    return np.issubdtype(np.dtype(array.dtype), np.floating)
+    layout = layout_of(record)
+    kept = [i for i, dtype in enumerate(layout.dtypes) if np.issubdtype(dtype, np.floating)]
+    return ArrayLayout(
+        keys=tuple(layout.keys[i] for i in kept),
+        shapes=tuple(layout.shapes[i] for i in kept),
+        dtypes=tuple(layout.dtypes[i] for i in kept),
+    )
 
 
 def flatten_arrays(record: ArrayRecord) -> np.ndarray:
     """Concatenate the record's floating arrays, in record order, into one vector.
-
-    Integer (and boolean) arrays, e.g. BatchNorm's ``num_batches_tracked``, are
-    left out: they are not parameters and are never attacked.
 
     Parameters
     ----------
@@ -149,13 +155,10 @@ def flatten_arrays(record: ArrayRecord) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        1-D vector, float32 unless some array is wider (then that dtype).
+        1-D vector, float32 unless some array is wider (then that dtype); the
+        integer arrays are left out (see :func:`floating_layout`).
     """
-    floating = [array.numpy() for array in record.values() if is_floating(array)]
-    dtype = np.result_type(np.float32, *(array.dtype for array in floating))
-    if not floating:
-        return np.empty(0, dtype=dtype)
-    return np.concatenate([array.ravel().astype(dtype, copy=False) for array in floating])
+    return flatten_record(record, floating_layout(record))
 
 
 def unflatten_like(vector: np.ndarray, template: ArrayRecord) -> ArrayRecord:
@@ -175,23 +178,19 @@ def unflatten_like(vector: np.ndarray, template: ArrayRecord) -> ArrayRecord:
         A new record with the same keys in the same order.
     """
     vector = np.asarray(vector)
-    expected = sum(math.prod(array.shape) for array in template.values() if is_floating(array))
-    if vector.ndim != 1 or vector.size != expected:
+    layout = floating_layout(template)
+    if vector.shape != (layout.size,):
         raise ValueError(
             f"vector of shape {vector.shape} does not fit the template: its floating "
-            f"arrays hold {expected} values"
+            f"arrays hold {layout.size} values"
         )
-    restored: dict[str, Array] = {}
-    offset = 0
-    for key, array in template.items():
-        if not is_floating(array):
-            restored[key] = Array(array.numpy())
-            continue
-        size = math.prod(array.shape)
-        chunk = vector[offset : offset + size].reshape(array.shape)
-        restored[key] = Array(chunk.astype(np.dtype(array.dtype)))
-        offset += size
-    return ArrayRecord(restored)
+    floating = unflatten_vector(vector, layout)
+    return ArrayRecord(
+        {
+            key: floating[key] if key in floating else Array(array.numpy())
+            for key, array in template.items()
+        }
+    )
 
 
 def attack_arrays(

@@ -11,7 +11,7 @@ from clients.config import read_int
 from clients.malformed import malformed_reply_content
 from clients.node import TrainResult, load_node_data, run_evaluate, run_train_round
 from clients.seeding import ATTACK_STREAM, derive_seed
-from clients.settings import NodeSettings, read_node_role
+from clients.settings import NodeSettings
 
 app = ClientApp()
 
@@ -110,12 +110,13 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Roll-call: report this node's partition, roles and data size.
+    """Roll-call: report this node's partition and data size.
 
-    Replies ``"metrics"`` with ``partition-id``, ``is-byzantine`` and
-    ``is-straggler`` (0 or 1) and ``num-examples``, for the ServerApp's
-    diagnostics. Loading the partition here also warms the node up before the
-    first round.
+    Replies ``"metrics"`` with ``partition-id``, ``num-partitions`` and
+    ``num-examples``. The ServerApp's experiment harness maps node ids to
+    partitions with it and takes each partition's roles from the run config; a
+    node is never asked whether it is Byzantine. Loading the partition here
+    also warms the node up before the first round.
 
     Parameters
     ----------
@@ -129,13 +130,12 @@ def query(msg: Message, context: Context) -> Message:
     Message
         The reply.
     """
-    role = read_node_role(context)
-    _, labels = load_node_data(NodeSettings.from_context(context))
+    settings = NodeSettings.from_context(context)
+    _, labels = load_node_data(settings)
     metrics = MetricRecord(
         {
-            "partition-id": role.partition_id,
-            "is-byzantine": int(role.is_byzantine),
-            "is-straggler": int(role.is_straggler),
+            "partition-id": settings.partition_id,
+            "num-partitions": settings.num_partitions,
             "num-examples": len(labels),
         }
     )

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.config import read_float, read_int, read_optional_str, read_str
 from clients.datasets import DatasetInfo, load_dataset
 from clients.partitioning import (
     PARTITIONINGS,
@@ -28,6 +27,8 @@ from clients.partitioning import (
     iid_partition,
     stratified_sample,
 )
+from clients.roles import check_num_partitions
+from clients.run_config import none_if_empty, read_settings, setting
 from clients.seeding import derive_seed
 
 __all__ = [
@@ -68,16 +69,16 @@ class DataConfig:
     test_fraction : float
         Run-config ``test-fraction``, in [0, 1).
     data_dir : str or None
-        Optional run-config ``data-dir``; None means the default folder.
+        Run-config ``data-dir`` (may be absent); None (or "") means the default folder.
     """
 
-    dataset: str
-    partitioning: str = "iid"
-    dirichlet_alpha: float = 0.5
-    seed: int = 0
-    validation_size: int = 100
-    test_fraction: float = 0.2
-    data_dir: str | None = None
+    dataset: str = setting("dataset", required=True)
+    partitioning: str = setting("partitioning")
+    dirichlet_alpha: float = setting("dirichlet-alpha")
+    seed: int = setting("seed", default=0)
+    validation_size: int = setting("server-validation-size")
+    test_fraction: float = setting("test-fraction")
+    data_dir: str | None = setting("data-dir", default=None, convert=none_if_empty)
 
     def __post_init__(self) -> None:
         _check_split_arguments(self.seed, self.validation_size, self.test_fraction)
@@ -97,15 +98,7 @@ class DataConfig:
         DataConfig
             The validated settings.
         """
-        return cls(
-            dataset=read_str(run_config, "dataset"),
-            partitioning=read_str(run_config, "partitioning"),
-            dirichlet_alpha=read_float(run_config, "dirichlet-alpha"),
-            seed=read_int(run_config, "seed"),
-            validation_size=read_int(run_config, "server-validation-size"),
-            test_fraction=read_float(run_config, "test-fraction"),
-            data_dir=read_optional_str(run_config, "data-dir"),
-        )
+        return cls(**read_settings(cls, run_config))
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,7 +200,7 @@ def load_client_partition(
     """
     if isinstance(partition_id, bool) or not isinstance(partition_id, int):
         raise ValueError(f"partition-id must be an integer, got {partition_id!r}")
-    _check_partition_count(num_partitions)
+    check_num_partitions(num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"partition-id must be in 0..{num_partitions - 1} "
@@ -292,7 +285,7 @@ def client_partition_positions(
         One sorted, read-only position array per partition; they are disjoint and
         together are exactly the client pool.
     """
-    _check_partition_count(num_partitions)
+    check_num_partitions(num_partitions)
     _check_partitioning(partitioning, dirichlet_alpha)
     return _partition_positions(
         dataset,
@@ -380,13 +373,6 @@ def _check_split_arguments(seed: int, validation_size: int, test_fraction: float
         and 0 <= test_fraction < 1
     ):
         raise ValueError(f"test-fraction must be a number in [0, 1), got {test_fraction!r}")
-
-
-def _check_partition_count(num_partitions: int) -> None:
-    if isinstance(num_partitions, bool) or not isinstance(num_partitions, int):
-        raise ValueError(f"num-partitions must be an integer, got {num_partitions!r}")
-    if num_partitions < 1:
-        raise ValueError(f"num-partitions must be >= 1, got {num_partitions}")
 
 
 def _check_partitioning(partitioning: str, dirichlet_alpha: float) -> None:

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from clients.config import read_bool, read_float, read_value
+from clients.run_config import read_settings, setting
 from clients.seeding import FAULT_STREAM, derive_seed
 
 # Sub-streams of FAULT_STREAM, so that the crash and the absence draws are independent.
@@ -95,14 +95,20 @@ class FaultConfig:
         How far past ``round_timeout`` a dropout waits, >= 0.
     """
 
-    crash_partitions: frozenset[int] = frozenset()
-    crash_probability: float = 1.0
-    dropout_partitions: frozenset[int] = frozenset()
-    intermittent_partitions: frozenset[int] = frozenset()
-    intermittent_probability: float = 0.5
-    fast_byzantine: bool = False
-    round_timeout: float = 30.0
-    dropout_margin_seconds: float = 1.0
+    crash_partitions: frozenset[int] = setting(
+        "crash-partitions", default=frozenset(), convert=frozenset
+    )
+    crash_probability: float = setting("crash-probability")
+    dropout_partitions: frozenset[int] = setting(
+        "dropout-partitions", default=frozenset(), convert=frozenset
+    )
+    intermittent_partitions: frozenset[int] = setting(
+        "intermittent-partitions", default=frozenset(), convert=frozenset
+    )
+    intermittent_probability: float = setting("intermittent-probability")
+    fast_byzantine: bool = setting("fast-byzantine")
+    round_timeout: float = setting("round-timeout")
+    dropout_margin_seconds: float = setting("dropout-margin-seconds")
 
     def __post_init__(self) -> None:
         for key, value in (
@@ -156,10 +162,7 @@ class FaultConfig:
         Parameters
         ----------
         run_config : Mapping[str, object]
-            ``context.run_config``: ``crash-partitions``, ``crash-probability``,
-            ``dropout-partitions``, ``intermittent-partitions``,
-            ``intermittent-probability``, ``fast-byzantine``, ``round-timeout``,
-            ``dropout-margin-seconds``.
+            ``context.run_config``: the key of each field (its ``setting``).
         num_partitions : int, optional
             When given, every listed partition id must be below it.
 
@@ -168,67 +171,7 @@ class FaultConfig:
         FaultConfig
             The validated settings.
         """
-
-        def partitions(key: str) -> frozenset[int]:
-            return parse_partitions(read_value(run_config, key), key, num_partitions)
-
-        fast_byzantine = read_bool(run_config, "fast-byzantine")
-        return cls(
-            crash_partitions=partitions("crash-partitions"),
-            crash_probability=read_float(run_config, "crash-probability"),
-            dropout_partitions=partitions("dropout-partitions"),
-            intermittent_partitions=partitions("intermittent-partitions"),
-            intermittent_probability=read_float(run_config, "intermittent-probability"),
-            fast_byzantine=fast_byzantine,
-            round_timeout=read_float(run_config, "round-timeout"),
-            dropout_margin_seconds=read_float(run_config, "dropout-margin-seconds"),
-        )
-
-
-def parse_partitions(value: object, key: str, num_partitions: int | None = None) -> frozenset[int]:
-    """Parse a run-config list of partition ids: ``""``, ``"1,4"`` or a single integer.
-
-    Parameters
-    ----------
-    value : object
-        The run-config value (a string of comma-separated ids, or an int).
-    key : str
-        The run-config key, for error messages.
-    num_partitions : int, optional
-        When given, every id must be below it.
-
-    Returns
-    -------
-    frozenset of int
-        The partition ids.
-    """
-    example = f'e.g. {key} = "1,4" (comma-separated partition ids; "" for none)'
-    if isinstance(value, int) and not isinstance(value, bool):
-        items: Iterable[str] = [str(value)]
-    elif isinstance(value, str):
-        items = (item.strip() for item in value.split(","))
-    else:
-        raise ValueError(
-            f"run config '{key}' must be a string of partition ids, got {value!r}; {example}"
-        )
-    ids: set[int] = set()
-    for item in items:
-        if not item:
-            continue
-        try:
-            partition_id = int(item)
-        except ValueError:
-            raise ValueError(
-                f"run config '{key}': {item!r} is not a partition id; {example}"
-            ) from None
-        if partition_id < 0 or (num_partitions is not None and partition_id >= num_partitions):
-            bound = f"0..{num_partitions - 1}" if num_partitions is not None else ">= 0"
-            raise ValueError(
-                f"run config '{key}' names partition {partition_id}, but partition ids are "
-                f"{bound}; remove it or run more nodes"
-            )
-        ids.add(partition_id)
-    return frozenset(ids)
+        return cls(**read_settings(cls, run_config, num_partitions=num_partitions))
 
 
 def _draw(seed: int, partition_id: int, server_round: int, which: int) -> float:

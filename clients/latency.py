@@ -21,8 +21,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from clients.config import NODE_CONFIG, read_float, read_int, read_str
 from clients.plugins import resolve_plugin
+from clients.run_config import NODE_CONFIG, read, read_settings, setting
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,12 @@ class LatencyConfig:
         compared, not hashed).
     """
 
-    latency_model: str = "none"
-    latency_seconds: float = 0.0
-    straggler_slowdown: float = 1.0
-    num_stragglers: int = 0
-    latency_sigma: float = 1.0
-    latency_profile: tuple[tuple[int, float], ...] = ()
+    latency_model: str = setting("latency-model", default="none")
+    latency_seconds: float = setting("latency-seconds", default=0.0)
+    straggler_slowdown: float = setting("straggler-slowdown")
+    num_stragglers: int = setting("num-stragglers", default=0)
+    latency_sigma: float = setting("latency-sigma")
+    latency_profile: tuple[tuple[int, float], ...] = setting("latency-profile", default=())
     node_latency_seconds: float | None = None
     run_config: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, hash=False, repr=False
@@ -129,9 +129,7 @@ class LatencyConfig:
         Parameters
         ----------
         run_config : Mapping[str, object]
-            ``context.run_config``: ``latency-model``, ``latency-seconds``,
-            ``straggler-slowdown``, ``num-stragglers``, ``latency-sigma``,
-            ``latency-profile``.
+            ``context.run_config``: the key of each field (its ``setting``).
         node_config : Mapping[str, object], optional
             ``context.node_config``; its optional ``latency-seconds`` overrides
             the run config's for this node.
@@ -143,20 +141,14 @@ class LatencyConfig:
         LatencyConfig
             The validated settings.
         """
-        node_seconds = None
+        values = read_settings(cls, run_config)
+        profile = parse_latency_profile(values["latency_profile"], num_partitions)
+        values["latency_profile"] = tuple(sorted(profile.items()))
         if node_config is not None and "latency-seconds" in node_config:
-            node_seconds = read_float(node_config, "latency-seconds", source=NODE_CONFIG)
-        profile = parse_latency_profile(read_str(run_config, "latency-profile"), num_partitions)
-        return cls(
-            latency_model=read_str(run_config, "latency-model"),
-            latency_seconds=read_float(run_config, "latency-seconds"),
-            straggler_slowdown=read_float(run_config, "straggler-slowdown"),
-            num_stragglers=read_int(run_config, "num-stragglers"),
-            latency_sigma=read_float(run_config, "latency-sigma"),
-            latency_profile=tuple(sorted(profile.items())),
-            node_latency_seconds=node_seconds,
-            run_config=MappingProxyType(dict(run_config)),
-        )
+            values["node_latency_seconds"] = read(
+                node_config, "latency-seconds", source=NODE_CONFIG
+            )
+        return cls(**values, run_config=MappingProxyType(dict(run_config)))
 
 
 @dataclass(frozen=True)

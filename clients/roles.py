@@ -19,51 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from clients.config import read_float, read_int, read_str
-
-BYZANTINE_KEYS = ("num-byzantine-nodes", "byzantine-fraction", "byzantine-partitions")
-
-
-def parse_partition_ids(text: str, key: str = "byzantine-partitions") -> tuple[int, ...]:
-    """Parse comma-separated partition ids: ``"0, 3,5"`` -> ``(0, 3, 5)``.
-
-    Parameters
-    ----------
-    text : str
-        Ids separated by commas; ``""`` gives ``()``.
-    key : str
-        The run-config key, for error messages.
-
-    Returns
-    -------
-    tuple of int
-        The ids, sorted.
-
-    Raises
-    ------
-    ValueError
-        A non-integer, negative or repeated id.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f'{key} must be a string of partition ids such as "0,3,5", got {text!r}')
-    ids: list[int] = []
-    for raw in text.split(","):
-        entry = raw.strip()
-        if not entry and not text.strip():
-            continue
-        try:
-            value = int(entry)
-        except ValueError:
-            raise ValueError(
-                f"{key} = {text!r}: {entry!r} is not a partition id; write ids separated by "
-                'commas, e.g. "0,3,5" ("" = unused)'
-            ) from None
-        if value < 0:
-            raise ValueError(f"{key}: partition ids are >= 0, got {value}")
-        if value in ids:
-            raise ValueError(f"{key} lists partition {value} twice; list each id once")
-        ids.append(value)
-    return tuple(sorted(ids))
+from clients.run_config import parse_partition_ids, read, read_settings, setting
 
 
 @dataclass(frozen=True)
@@ -81,9 +37,9 @@ class ByzantineSelection:
         ``byzantine-partitions``: explicit ids (empty = unused).
     """
 
-    count: int = 0
-    fraction: float = 0.0
-    partition_ids: tuple[int, ...] = ()
+    count: int = setting("num-byzantine-nodes", default=0)
+    fraction: float = setting("byzantine-fraction")
+    partition_ids: tuple[int, ...] = setting("byzantine-partitions", default=())
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
@@ -138,11 +94,7 @@ class ByzantineSelection:
         ByzantineSelection
             The validated selection.
         """
-        return cls(
-            count=read_int(run_config, "num-byzantine-nodes"),
-            fraction=read_float(run_config, "byzantine-fraction"),
-            partition_ids=parse_partition_ids(read_str(run_config, "byzantine-partitions")),
-        )
+        return cls(**read_settings(cls, run_config))
 
     def partitions(self, num_partitions: int) -> set[int]:
         """The Byzantine partition ids among ``0 .. num_partitions - 1``.
@@ -157,7 +109,7 @@ class ByzantineSelection:
         set of int
             The ids.
         """
-        _check_num_partitions(num_partitions)
+        check_num_partitions(num_partitions)
         if self.partition_ids:
             outside = [i for i in self.partition_ids if i >= num_partitions]
             if outside:
@@ -298,7 +250,14 @@ def node_role(
     )
 
 
-def _check_num_partitions(num_partitions: int) -> None:
+def check_num_partitions(num_partitions: int) -> None:
+    """Fail unless ``num_partitions`` (N, the number of nodes) is an integer >= 1.
+
+    Parameters
+    ----------
+    num_partitions : int
+        The value to check.
+    """
     if isinstance(num_partitions, bool) or not isinstance(num_partitions, int):
         raise ValueError(f"num-partitions must be an integer, got {num_partitions!r}")
     if num_partitions < 1:
@@ -306,13 +265,46 @@ def _check_num_partitions(num_partitions: int) -> None:
 
 
 def _check_role_count(num_partitions: int, count: int, key: str) -> None:
-    for name, value in (("num-partitions", num_partitions), (key, count)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if num_partitions < 1:
-        raise ValueError(f"num-partitions must be >= 1, got {num_partitions}")
+    check_num_partitions(num_partitions)
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ValueError(f"{key} must be an integer, got {count!r}")
     if not 0 <= count <= num_partitions:
         raise ValueError(
             f"{key} must be in 0..{num_partitions} (num-partitions), got {count}; "
             f"lower {key} or run more nodes"
         )
+
+
+def role_from_run_config(
+    run_config: Mapping[str, object], partition_id: int, num_partitions: int
+) -> NodeRole:
+    """The roles the run config gives ``partition_id`` of ``num_partitions``.
+
+    The node computes its own roles with this, and the experiment harness
+    computes every node's with it from the run config (its ground truth), never
+    from what a node says about itself.
+
+    Parameters
+    ----------
+    run_config : Mapping
+        Run-config ``num-byzantine-nodes``, ``byzantine-fraction``,
+        ``byzantine-partitions`` and ``num-stragglers``.
+    partition_id : int
+        The partition.
+    num_partitions : int
+        N, the number of partitions (nodes).
+
+    Returns
+    -------
+    NodeRole
+        Whether the partition is Byzantine (and its rank) and whether it straggles.
+    """
+    byzantine = ByzantineSelection.from_run_config(run_config)
+    return node_role(
+        partition_id,
+        num_partitions,
+        byzantine.count,
+        read(run_config, "num-stragglers"),
+        byzantine_fraction=byzantine.fraction,
+        byzantine_ids=byzantine.partition_ids,
+    )

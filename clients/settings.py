@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from flwr.app import Context
 
 from clients.attack_vectors import AttackParams, attack_kind
-from clients.config import NODE_CONFIG, read_int, read_str
 from clients.data import DataConfig
 from clients.faults import FaultConfig
 from clients.latency import LatencyConfig
-from clients.roles import ByzantineSelection, NodeRole, node_role
+from clients.roles import NodeRole, role_from_run_config
+from clients.run_config import NODE_CONFIG, read, read_as
 from clients.training import LocalTrainingConfig
 
 
@@ -29,8 +29,8 @@ def read_partition(node_config: Mapping[str, object]) -> tuple[int, int]:
     tuple of int
         The partition id and the number of partitions, validated.
     """
-    partition_id = read_int(node_config, "partition-id", source=NODE_CONFIG)
-    num_partitions = read_int(node_config, "num-partitions", source=NODE_CONFIG)
+    partition_id = read_as(node_config, "partition-id", int, source=NODE_CONFIG)
+    num_partitions = read_as(node_config, "num-partitions", int, source=NODE_CONFIG)
     if num_partitions < 1:
         raise ValueError(f"node config 'num-partitions' must be >= 1, got {num_partitions}")
     if not 0 <= partition_id < num_partitions:
@@ -55,10 +55,8 @@ def read_device(context: Context) -> str:
         "auto" when neither config sets it.
     """
     if "device" in context.node_config:
-        return read_str(context.node_config, "device", source=NODE_CONFIG)
-    if "device" in context.run_config:
-        return read_str(context.run_config, "device")
-    return "auto"
+        return read(context.node_config, "device", source=NODE_CONFIG)
+    return read(context.run_config, "device")
 
 
 def read_node_role(context: Context) -> NodeRole:
@@ -77,15 +75,7 @@ def read_node_role(context: Context) -> NodeRole:
         The node's roles.
     """
     partition_id, num_partitions = read_partition(context.node_config)
-    byzantine = ByzantineSelection.from_run_config(context.run_config)
-    return node_role(
-        partition_id,
-        num_partitions,
-        byzantine.count,
-        read_int(context.run_config, "num-stragglers"),
-        byzantine_fraction=byzantine.fraction,
-        byzantine_ids=byzantine.partition_ids,
-    )
+    return role_from_run_config(context.run_config, partition_id, num_partitions)
 
 
 @dataclass(frozen=True)

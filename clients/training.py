@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord
 from torch import nn
 from torch.nn import functional
 
-from clients.config import read_float, read_int
 from clients.models import build_model
+from clients.run_config import read_settings, setting
 
 LabelMap = np.ndarray | Callable[[np.ndarray], np.ndarray]
 Device = torch.device | str
@@ -40,9 +40,9 @@ class LocalTrainingConfig:
         SGD step size, > 0.
     """
 
-    epochs: int
-    batch_size: int
-    learning_rate: float
+    epochs: int = setting("local-epochs", required=True)
+    batch_size: int = setting("batch-size", required=True)
+    learning_rate: float = setting("learning-rate", required=True)
 
     def __post_init__(self) -> None:
         check_training_arguments(self.epochs, self.batch_size, self.learning_rate)
@@ -61,11 +61,7 @@ class LocalTrainingConfig:
         LocalTrainingConfig
             The validated settings.
         """
-        return cls(
-            epochs=read_int(run_config, "local-epochs"),
-            batch_size=read_int(run_config, "batch-size"),
-            learning_rate=read_float(run_config, "learning-rate"),
-        )
+        return cls(**read_settings(cls, run_config))
 
 
 def select_device(preference: str = "auto") -> torch.device:

@@ -8,7 +8,15 @@ import pytest
 from flwr.app import DEFAULT_TTL, Message, Metadata, RecordDict
 
 from clients.client_app import app
-from clients.roles import ByzantineSelection, byzantine_partitions, node_role, parse_partition_ids
+from clients.roles import (
+    ByzantineSelection,
+    byzantine_partitions,
+    node_role,
+    role_from_run_config,
+)
+from clients.run_config import parse_partition_ids
+from simulations.app.server_app import roll_call
+from simulations.federation.inprocess import InProcessGrid
 from tests.node_support import node_context, run_config
 
 
@@ -26,6 +34,9 @@ def test_by_count_fraction_and_ids() -> None:
 def test_parse_partition_ids() -> None:
     assert parse_partition_ids("") == () and parse_partition_ids("  ") == ()
     assert parse_partition_ids("5,0, 3") == (0, 3, 5)
+    assert parse_partition_ids("0,,1,") == (0, 1)  # empty entries are skipped
+    assert parse_partition_ids(3) == (3,)  # `--run-config byzantine-partitions=3` gives an int
+    assert parse_partition_ids("1,4", "k", 5) == (1, 4)
 
 
 @pytest.mark.parametrize(
@@ -50,10 +61,12 @@ def test_parse_partition_ids() -> None:
         ),
         (lambda: ByzantineSelection(count=-1), "num-byzantine-nodes must be an integer >= 0"),
         (lambda: parse_partition_ids("0,a"), "'a' is not a partition id"),
-        (lambda: parse_partition_ids("0,,1"), "is not a partition id"),
+        (lambda: parse_partition_ids("0;1"), "'0;1' is not a partition id"),
         (lambda: parse_partition_ids("2,2"), "lists partition 2 twice"),
         (lambda: parse_partition_ids("-1"), "partition ids are >= 0"),
-        (lambda: parse_partition_ids(3), 'must be a string of partition ids such as "0,3,5"'),
+        (lambda: parse_partition_ids("1,5", "k", 5), r"names partition 5.*0\.\.4"),
+        (lambda: parse_partition_ids(3.0), 'must be a string of partition ids such as "0,3,5"'),
+        (lambda: parse_partition_ids(True), 'must be a string of partition ids such as "0,3,5"'),
         (lambda: byzantine_partitions(4, partition_ids="1,7"), r"names \[7\].*0\.\.3"),
         (lambda: byzantine_partitions(4, 5), r"num-byzantine-nodes must be in 0\.\.4"),
     ],
@@ -71,7 +84,9 @@ def test_selection_from_run_config() -> None:
             run_config(num_byzantine_nodes=1, byzantine_fraction=0.5)
         )
     with pytest.raises(ValueError, match="'byzantine-partitions' must be a string"):
-        ByzantineSelection.from_run_config(run_config() | {"byzantine-partitions": 3})
+        ByzantineSelection.from_run_config(run_config() | {"byzantine-partitions": 3.0})
+    single = ByzantineSelection.from_run_config(run_config() | {"byzantine-partitions": 3})
+    assert single.partition_ids == (3,)
 
 
 def test_node_role_has_rank_and_count() -> None:
@@ -108,7 +123,12 @@ def query(partition_id: int, config: dict[str, object]) -> dict[str, object]:
         ({"num_byzantine_nodes": 1}, {0}),
     ],
 )
-def test_roll_call_reports_the_byzantine_partitions(overrides: dict, byzantine: set[int]) -> None:
+def test_the_roll_call_takes_the_byzantine_partitions_from_the_run_config(
+    overrides: dict, byzantine: set[int]
+) -> None:
     config = run_config(**overrides)
-    reported = {p for p in range(4) if query(p, config)["is-byzantine"] == 1}
-    assert reported == byzantine
+    assert all("is-byzantine" not in query(p, config) for p in range(4))  # nodes are not asked
+    assert {p for p in range(4) if role_from_run_config(config, p, 4).is_byzantine} == byzantine
+    grid = InProcessGrid(config, 4)
+    roles = roll_call(grid, config)
+    assert roles.partitions(sorted(roles.byzantine)) == sorted(byzantine)

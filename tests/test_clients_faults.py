@@ -16,10 +16,10 @@ from clients.faults import (
     enact_fault,
     fault_for_round,
     misses_round,
-    parse_partitions,
     skips_delay,
 )
 from clients.node import run_train_round
+from clients.run_config import parse_partition_ids
 from clients.settings import NodeSettings
 
 from .node_support import PROJECT_DIR, global_arrays, node_settings, run_config
@@ -133,12 +133,14 @@ def test_bad_fault_config_fails_at_node_start() -> None:
         settings(0, dropout_partitions="9")
 
 
-def test_parse_partitions() -> None:
-    assert parse_partitions("", "k") == frozenset()
-    assert parse_partitions(" 3 , 1,3 ", "k") == frozenset({1, 3})
-    assert parse_partitions(0, "k", 1) == frozenset({0})
+def test_parse_partition_ids() -> None:
+    assert parse_partition_ids("", "k") == ()
+    assert parse_partition_ids(" 3 , 1,", "k") == (1, 3)
+    assert parse_partition_ids(0, "k", 1) == (0,)
     with pytest.raises(ValueError, match="'k' must be a string"):
-        parse_partitions(True, "k")
+        parse_partition_ids(True, "k")
+    with pytest.raises(ValueError, match="'k' lists partition 3 twice"):
+        parse_partition_ids("3,1,3", "k")
 
 
 # --- decisions -----------------------------------------------------------------

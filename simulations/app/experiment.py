@@ -15,22 +15,18 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from clients.config import read_bool, read_float, read_int, read_str
+from clients.run_config import STRATEGIES, none_if_empty, read_settings, setting
 from dstar_flwr import DStar
 from simulations.baselines.fedavg_timeout import FedAvgTimeout
 from simulations.baselines.fltrust import FLTrust
 
-STRATEGIES: tuple[str, ...] = (
-    "dstar",
-    "fedavg",
-    "fedavg-timeout",
-    "fltrust",
-    "krum",
-    "multikrum",
-    "bulyan",
-    "fedmedian",
-    "fedtrimmedavg",
-)
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text else None
 
 
 # pylint: disable=too-many-instance-attributes
@@ -38,30 +34,34 @@ STRATEGIES: tuple[str, ...] = (
 class ExperimentConfig:
     """Server-side run config of a simulation (the clients read their own keys)."""
 
-    strategy: str
-    num_server_rounds: int
-    round_timeout: float
-    fedavg_timeout: float
-    dataset: str
-    seed: int
-    results_dir: Path
-    run_name: str
-    fraction_evaluate: float
-    first_k: float
-    num_byzantine: int
-    min_replies: int | None
-    variant: str
-    max_robust_z: float
-    norm_test: bool
-    threshold_factor: float
-    deviation_scale: str
-    center: str
-    server_learning_rate: float
-    validation_update: bool
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    weighting: str = "uniform"
-    example_cap: float | None = None
+    # Each field is read from its run-config key (setting() is a dataclasses.field).
+    strategy: str = setting("strategy", required=True)
+    num_server_rounds: int = setting("num-server-rounds", required=True)
+    round_timeout: float = setting("round-timeout", required=True)
+    fedavg_timeout: float = setting("fedavg-timeout", required=True)
+    dataset: str = setting("dataset", required=True)
+    seed: int = setting("seed", required=True)
+    results_dir: Path = setting("results-dir", required=True, convert=_path)  # noqa: RUF009
+    # from_run_config turns "" into <strategy>-<dataset>-seed<seed>.
+    run_name: str = setting("run-name", required=True)
+    fraction_evaluate: float = setting("fraction-evaluate", required=True)
+    first_k: float = setting("first-k", required=True)
+    num_byzantine: int = setting("num-byzantine", required=True)
+    min_replies: int | None = setting("min-replies", required=True, convert=none_if_empty)
+    variant: str = setting("dstar-variant", required=True)
+    max_robust_z: float = setting("max-robust-z", required=True)
+    norm_test: bool = setting("norm-test", required=True)
+    threshold_factor: float = setting("threshold-factor", required=True)
+    deviation_scale: str = setting("deviation-scale", required=True)
+    center: str = setting("dstar-center", required=True)
+    server_learning_rate: float = setting("server-learning-rate", required=True)
+    validation_update: bool = setting("validation-update", required=True)
+    checkpoint_dir: Path | None = setting(  # noqa: RUF009
+        "checkpoint-dir", default=None, convert=_optional_path
+    )
+    resume: bool = setting("resume")
+    weighting: str = setting("weighting")
+    example_cap: float | None = setting("example-cap", default=None, convert=none_if_empty)
 
     def __post_init__(self) -> None:
         """Fail fast on settings that cannot work."""
@@ -105,37 +105,10 @@ class ExperimentConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> "ExperimentConfig":
         """Read and check the server's keys of ``context.run_config``."""
-        strategy = read_str(run_config, "strategy")
-        dataset = read_str(run_config, "dataset")
-        seed = read_int(run_config, "seed")
-        run_name = str(run_config.get("run-name", "") or f"{strategy}-{dataset}-seed{seed}")
-        checkpoint_dir = read_str(run_config, "checkpoint-dir")
-        return cls(
-            strategy=strategy,
-            num_server_rounds=read_int(run_config, "num-server-rounds"),
-            round_timeout=read_float(run_config, "round-timeout"),
-            fedavg_timeout=read_float(run_config, "fedavg-timeout"),
-            dataset=dataset,
-            seed=seed,
-            results_dir=Path(read_str(run_config, "results-dir")).expanduser(),
-            run_name=run_name,
-            fraction_evaluate=read_float(run_config, "fraction-evaluate"),
-            first_k=read_float(run_config, "first-k"),
-            num_byzantine=read_int(run_config, "num-byzantine"),
-            min_replies=read_int(run_config, "min-replies") or None,
-            variant=read_str(run_config, "dstar-variant"),
-            max_robust_z=read_float(run_config, "max-robust-z"),
-            norm_test=read_bool(run_config, "norm-test"),
-            threshold_factor=read_float(run_config, "threshold-factor"),
-            deviation_scale=read_str(run_config, "deviation-scale"),
-            center=read_str(run_config, "dstar-center"),
-            server_learning_rate=read_float(run_config, "server-learning-rate"),
-            validation_update=read_bool(run_config, "validation-update"),
-            checkpoint_dir=Path(checkpoint_dir).expanduser() if checkpoint_dir else None,
-            resume=read_bool(run_config, "resume"),
-            weighting=read_str(run_config, "weighting"),
-            example_cap=read_float(run_config, "example-cap") or None,
-        )
+        values = read_settings(cls, run_config)
+        if not values["run_name"]:
+            values["run_name"] = f"{values['strategy']}-{values['dataset']}-seed{values['seed']}"
+        return cls(**values)
 
 
 def build_strategy(

@@ -30,6 +30,7 @@ from flwr.supercore import log
 
 from clients.data import DataConfig, load_server_splits
 from clients.models import build_model
+from clients.roles import role_from_run_config
 from clients.training import (
     LocalTrainingConfig,
     evaluate_arrays,
@@ -40,6 +41,7 @@ from dstar_flwr import Checkpoint, load_checkpoint
 from simulations.app.adversary import probe_of, transform_log, wrap_strategy
 from simulations.app.diagnostics import RESILIENCE_KEYS, HonestMeanProbe, ReplyLogGrid, TrainCall
 from simulations.app.experiment import ExperimentConfig, build_strategy
+from simulations.app.federation_check import check_federation
 from simulations.app.results import (
     TABLE_HEADER,
     NodeRoles,
@@ -56,10 +58,15 @@ app = ServerApp()
 ROLL_CALL_TIMEOUT = 120.0
 
 
-def roll_call(grid: Grid, timeout: float = ROLL_CALL_TIMEOUT) -> NodeRoles:
-    """Ask every node for its partition id and roles (simulation diagnostics only).
+def roll_call(
+    grid: Grid, run_config: Mapping[str, object], timeout: float = ROLL_CALL_TIMEOUT
+) -> NodeRoles:
+    """Map node ids to partitions; every partition's roles come from the run config.
 
-    The strategy never sees this: it is how the report knows which replies came
+    Who is Byzantine or a straggler is the experiment's ground truth: the
+    harness takes it from the run config (:func:`clients.roles.role_from_run_config`,
+    which the nodes themselves use), never from what a node says about itself.
+    The strategy never sees it; the report uses it to tell which replies came
     from the Byzantine nodes and the stragglers.
     """
     messages = [
@@ -72,13 +79,18 @@ def roll_call(grid: Grid, timeout: float = ROLL_CALL_TIMEOUT) -> NodeRoles:
             log(WARNING, "roll call: node %s failed: %s", reply.metadata.src_node_id, reply.error)
             continue
         metrics = reply.content.metric_records.get("metrics")
-        if metrics is None or "partition-id" not in metrics:
+        if metrics is None or "partition-id" not in metrics or "num-partitions" not in metrics:
             continue
         node_id = reply.metadata.src_node_id
-        roles.partition_of[node_id] = int(metrics["partition-id"])  # type: ignore[arg-type]
-        if metrics.get("is-byzantine"):
+        role = role_from_run_config(
+            run_config,
+            int(metrics["partition-id"]),  # type: ignore[arg-type]
+            int(metrics["num-partitions"]),  # type: ignore[arg-type]
+        )
+        roles.partition_of[node_id] = role.partition_id
+        if role.is_byzantine:
             roles.byzantine.add(node_id)
-        if metrics.get("is-straggler"):
+        if role.is_straggler:
             roles.stragglers.add(node_id)
     return roles
 
@@ -146,7 +158,7 @@ def main(grid: Grid, context: Context) -> None:
             )
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
-    roles = roll_call(grid)
+    roles = roll_call(grid, run_config)
     log(
         INFO,
         "%s nodes; Byzantine partitions %s, straggler partitions %s",
@@ -154,6 +166,7 @@ def main(grid: Grid, context: Context) -> None:
         sorted(roles.partition_of[n] for n in roles.byzantine),
         sorted(roles.partition_of[n] for n in roles.stragglers),
     )
+    experiment = check_federation(experiment, run_config, len(roles.partition_of))
     strategy = wrap_strategy(
         build_strategy(experiment, validation_train_fn, len(roles.partition_of)),
         run_config,
