@@ -7,9 +7,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients.attack_vectors import attack_kind
-from clients.config import read_int
 from clients.malformed import malformed_reply_content
 from clients.node import TrainResult, load_node_data, run_evaluate, run_train_round
+from clients.run_config import read_as
 from clients.seeding import ATTACK_STREAM, derive_seed
 from clients.settings import NodeSettings
 
@@ -154,7 +154,7 @@ def server_round_of(msg: Message) -> int:
     config = msg.content.get("config")
     if not isinstance(config, ConfigRecord) or "server-round" not in config:
         return 0
-    server_round = read_int(config, "server-round", source="message config")
+    server_round = read_as(config, "server-round", int, source="message config")
     if server_round < 0:
         raise ValueError(f"message config 'server-round' must be >= 0, got {server_round}")
     return server_round

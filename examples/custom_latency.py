@@ -14,14 +14,14 @@ importable on every node. It gets the node (``partition_id``, ``num_partitions``
 and the validated built-in settings in ``params`` (``context.latency_seconds``
 already applies a node's ``--node-config latency-seconds``). Keys of your own
 come from ``context.params.run_config``: add them to ``[tool.flwr.app.config]``
-and read them with ``clients.config.read_float`` (and friends), which fail with a
+and read them with ``clients.run_config.read_as(config, key, float)``, which fail with a
 message that says what to set. It must return a finite number of seconds >= 0.
 """
 
 from __future__ import annotations
 
-from clients.config import read_float
 from clients.latency import LatencyContext
+from clients.run_config import read_as
 
 DEFAULT_JITTER = 0.1
 
@@ -42,7 +42,7 @@ def ramp_latency(context: LatencyContext) -> float:
     run_config = context.params.run_config
     jitter = DEFAULT_JITTER
     if "ramp-jitter" in run_config:
-        jitter = read_float(run_config, "ramp-jitter")
+        jitter = read_as(run_config, "ramp-jitter", float)
     if not 0.0 <= jitter <= 1.0:
         raise ValueError(f"run config 'ramp-jitter' must be in [0, 1], got {jitter}")
     share = context.partition_id / max(1, context.num_partitions - 1)

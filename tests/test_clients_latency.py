@@ -158,7 +158,7 @@ def test_dotted_path_model_is_resolved_and_used() -> None:
     assert 1.8 <= last <= 2.2  # the full latency-seconds, +- 10% jitter
     middle = delay(config, partition_id=2, num_partitions=5)
     assert 0.9 <= middle <= 1.1
-    # Its own run-config key, validated by clients.config.read_float.
+    # Its own run-config key, validated by clients.run_config.read_as.
     exact = LatencyConfig.from_run_config(
         run_config(
             latency_model="examples.custom_latency:ramp_latency",
