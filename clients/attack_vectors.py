@@ -35,7 +35,7 @@ model. A user's own vector attack is named by its dotted path
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
@@ -44,7 +44,12 @@ import numpy as np
 
 from clients.malformed import MALFORMED_KINDS
 from clients.plugins import is_dotted_path, resolve_plugin
-from clients.run_config import PERTURBATION_DIRECTIONS, RUN_CONFIG_KEYS, read_settings, setting
+from clients.run_config import (
+    PERTURBATION_DIRECTIONS,
+    RUN_CONFIG_KEYS,
+    RunConfigSettings,
+    setting,
+)
 
 THREAT_MODELS: tuple[str, ...] = RUN_CONFIG_KEYS["threat-model"].choices
 GAUSSIAN_MODES: tuple[str, ...] = RUN_CONFIG_KEYS["gaussian-mode"].choices
@@ -75,7 +80,7 @@ AttackKind = Literal["vector", "data", "reply"]
 
 
 @dataclass(frozen=True)
-class AttackParams:
+class AttackParams(RunConfigSettings):
     """What Byzantine nodes do, from the run config, validated.
 
     Attributes
@@ -234,22 +239,6 @@ dstar_deviation_scale, dstar_center
                 "gives one update (sigma = 0: the node would send its honest update); set "
                 "attack-estimation-batches to 2 or more (e.g. 4), or threat-model = 'omniscient'"
             )
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> AttackParams:
-        """Read and validate the attack settings of a Flower run config.
-
-        Parameters
-        ----------
-        run_config : Mapping[str, object]
-            ``context.run_config``: the key of each field (its ``setting``).
-
-        Returns
-        -------
-        AttackParams
-            The validated settings.
-        """
-        return cls(**read_settings(cls, run_config))
 
     def dstar_rule_kwargs(self) -> dict[str, object]:
         """The server's DStar settings as ``dstar_aggregate`` keywords."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ from clients.partitioning import (
     stratified_sample,
 )
 from clients.roles import check_num_partitions
-from clients.run_config import none_if_empty, read_settings, setting
+from clients.run_config import RunConfigSettings, none_if_empty, setting
 from clients.seeding import derive_seed
 
 __all__ = [
@@ -51,7 +50,7 @@ DataDir = str | os.PathLike[str] | None
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(RunConfigSettings):
     """Which data an experiment uses and how it is split (from the run config).
 
     Attributes
@@ -83,22 +82,6 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_split_arguments(self.seed, self.validation_size, self.test_fraction)
         _check_partitioning(self.partitioning, self.dirichlet_alpha)
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> DataConfig:
-        """Read and validate the data settings of a Flower run config.
-
-        Parameters
-        ----------
-        run_config : Mapping[str, object]
-            ``context.run_config``.
-
-        Returns
-        -------
-        DataConfig
-            The validated settings.
-        """
-        return cls(**read_settings(cls, run_config))
 
 
 @dataclass(frozen=True, eq=False)

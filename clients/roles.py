@@ -19,11 +19,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from clients.run_config import parse_partition_ids, read, read_settings, setting
+from clients.run_config import RunConfigSettings, parse_partition_ids, read, setting
 
 
 @dataclass(frozen=True)
-class ByzantineSelection:
+class ByzantineSelection(RunConfigSettings):
     """How the run config picks the Byzantine partitions (at most one way).
 
     Attributes
@@ -79,22 +79,6 @@ class ByzantineSelection:
                 "one way only; keep one of them and reset the others (num-byzantine-nodes = 0, "
                 'byzantine-fraction = 0.0, byzantine-partitions = "")'
             )
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> ByzantineSelection:
-        """Read ``num-byzantine-nodes``, ``byzantine-fraction`` and ``byzantine-partitions``.
-
-        Parameters
-        ----------
-        run_config : Mapping[str, object]
-            ``context.run_config``.
-
-        Returns
-        -------
-        ByzantineSelection
-            The validated selection.
-        """
-        return cls(**read_settings(cls, run_config))
 
     def partitions(self, num_partitions: int) -> set[int]:
         """The Byzantine partition ids among ``0 .. num_partitions - 1``.

@@ -25,7 +25,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 RUN_CONFIG = "run config"
 NODE_CONFIG = "node config"
@@ -666,6 +666,26 @@ def read_settings(
         convert = field.metadata[_CONVERT]
         values[field.name] = value if convert is None else convert(value)
     return values
+
+
+class RunConfigSettings:
+    """Mixin for a dataclass of :func:`setting` fields: ``from_run_config`` reads them all."""
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> Self:
+        """Read and validate the settings of a Flower run config.
+
+        Parameters
+        ----------
+        run_config : Mapping[str, object]
+            ``context.run_config``.
+
+        Returns
+        -------
+        Self
+            The validated settings.
+        """
+        return cls(**read_settings(cls, run_config))
 
 
 def none_if_empty(value: Value) -> Value | None:

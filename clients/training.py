@@ -7,7 +7,7 @@ training, so both call :func:`train_from_arrays`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional
 
 from clients.models import build_model
-from clients.run_config import read_settings, setting
+from clients.run_config import RunConfigSettings, setting
 
 LabelMap = np.ndarray | Callable[[np.ndarray], np.ndarray]
 Device = torch.device | str
@@ -27,7 +27,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 @dataclass(frozen=True)
-class LocalTrainingConfig:
+class LocalTrainingConfig(RunConfigSettings):
     """Local SGD settings (run-config ``local-epochs``, ``batch-size``, ``learning-rate``).
 
     Attributes
@@ -46,22 +46,6 @@ class LocalTrainingConfig:
 
     def __post_init__(self) -> None:
         check_training_arguments(self.epochs, self.batch_size, self.learning_rate)
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> LocalTrainingConfig:
-        """Read and validate the local-training settings of a Flower run config.
-
-        Parameters
-        ----------
-        run_config : Mapping[str, object]
-            ``context.run_config``.
-
-        Returns
-        -------
-        LocalTrainingConfig
-            The validated settings.
-        """
-        return cls(**read_settings(cls, run_config))
 
 
 def select_device(preference: str = "auto") -> torch.device:

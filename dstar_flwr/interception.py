@@ -28,7 +28,7 @@ from flwr.supercore import log
 
 from .delegating_grid import DelegatingGrid
 from .records import DEFAULT_MAX_NUM_EXAMPLES, layout_of
-from .replies import CheckedReply, check_train_reply, log_dropped
+from .replies import CheckedReply, check_train_replies, log_dropped
 
 
 class ReplyTransform(Protocol):
@@ -129,16 +129,12 @@ class InterceptedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, replies: Iterable[Message]
     ) -> list[Message]:
         """Check each reply once against ``arrays``, apply the transforms, keep the messages."""
-        layout = layout_of(arrays)
-        checked = [
-            check_train_reply(
-                reply,
-                layout,
-                weighted_by_key=self.weighted_by_key,
-                max_num_examples=self.max_num_examples,
-            )
-            for reply in replies
-        ]
+        checked = check_train_replies(
+            replies,
+            layout_of(arrays),
+            weighted_by_key=self.weighted_by_key,
+            max_num_examples=self.max_num_examples,
+        )
         return [
             reply.message
             for reply in apply_transforms(self.reply_transforms, server_round, checked)

@@ -8,6 +8,7 @@ flattened a single time, and every consumer drops the same replies for the same
 reason.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 from logging import INFO
@@ -141,6 +142,22 @@ def check_train_reply(
     except MalformedReply as error:
         return CheckedReply(message, ReplyStatus.MALFORMED, str(error))
     return CheckedReply(message, ReplyStatus.VALID, parsed=parsed)
+
+
+def check_train_replies(
+    messages: Iterable[Message],
+    layout: ArrayLayout,
+    *,
+    weighted_by_key: str = "num-examples",
+    max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES,
+) -> list[CheckedReply]:
+    """:func:`check_train_reply` for each of ``messages``, in order."""
+    return [
+        check_train_reply(
+            message, layout, weighted_by_key=weighted_by_key, max_num_examples=max_num_examples
+        )
+        for message in messages
+    ]
 
 
 def one_vote_per_node(replies: list[CheckedReply]) -> list[CheckedReply]:

@@ -38,7 +38,7 @@ from dstar_flwr.records import (
     layout_of,
     unflatten_vector,
 )
-from dstar_flwr.replies import ReplyStatus, check_train_reply, log_dropped
+from dstar_flwr.replies import ReplyStatus, check_train_replies, log_dropped
 from dstar_flwr.report import merge_metric_records
 
 RootTrainFn = Callable[[ArrayRecord], ArrayRecord]
@@ -229,15 +229,12 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         malformed: list[int] = []
         failed: list[int] = []
         global_weights = flatten_record(self._global_arrays, layout)
-        checked = [
-            check_train_reply(
-                reply,
-                layout,
-                weighted_by_key=self.weighted_by_key,
-                max_num_examples=self.max_num_examples,
-            )
-            for reply in replies
-        ]
+        checked = check_train_replies(
+            replies,
+            layout,
+            weighted_by_key=self.weighted_by_key,
+            max_num_examples=self.max_num_examples,
+        )
         for reply in apply_transforms(self.reply_transforms, server_round, checked):
             log_dropped(reply)
             if reply.status is ReplyStatus.FAILED:
