@@ -15,7 +15,7 @@ from clients.roles import (
     role_from_run_config,
 )
 from clients.run_config import parse_partition_ids
-from simulations.app.server_app import roll_call
+from simulations.app.server_app import assign_roles, roll_call
 from simulations.federation.inprocess import InProcessGrid
 from tests.node_support import node_context, run_config
 
@@ -130,5 +130,5 @@ def test_the_roll_call_takes_the_byzantine_partitions_from_the_run_config(
     assert all("is-byzantine" not in query(p, config) for p in range(4))  # nodes are not asked
     assert {p for p in range(4) if role_from_run_config(config, p, 4).is_byzantine} == byzantine
     grid = InProcessGrid(config, 4)
-    roles = roll_call(grid, config)
+    roles = assign_roles(roll_call(grid), config)
     assert roles.partitions(sorted(roles.byzantine)) == sorted(byzantine)

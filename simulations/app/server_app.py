@@ -58,22 +58,13 @@ app = ServerApp()
 ROLL_CALL_TIMEOUT = 120.0
 
 
-def roll_call(
-    grid: Grid, run_config: Mapping[str, object], timeout: float = ROLL_CALL_TIMEOUT
-) -> NodeRoles:
-    """Map node ids to partitions; every partition's roles come from the run config.
-
-    Who is Byzantine or a straggler is the experiment's ground truth: the
-    harness takes it from the run config (:func:`clients.roles.role_from_run_config`,
-    which the nodes themselves use), never from what a node says about itself.
-    The strategy never sees it; the report uses it to tell which replies came
-    from the Byzantine nodes and the stragglers.
-    """
+def roll_call(grid: Grid, timeout: float = ROLL_CALL_TIMEOUT) -> dict[int, tuple[int, int]]:
+    """Ask every node for its partition: node id -> (partition id, number of partitions)."""
     messages = [
         Message(RecordDict(), dst_node_id=node_id, message_type="query")
         for node_id in grid.get_node_ids()
     ]
-    roles = NodeRoles()
+    partitions: dict[int, tuple[int, int]] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             log(WARNING, "roll call: node %s failed: %s", reply.metadata.src_node_id, reply.error)
@@ -81,12 +72,27 @@ def roll_call(
         metrics = reply.content.metric_records.get("metrics")
         if metrics is None or "partition-id" not in metrics or "num-partitions" not in metrics:
             continue
-        node_id = reply.metadata.src_node_id
-        role = role_from_run_config(
-            run_config,
+        partitions[reply.metadata.src_node_id] = (
             int(metrics["partition-id"]),  # type: ignore[arg-type]
             int(metrics["num-partitions"]),  # type: ignore[arg-type]
         )
+    return partitions
+
+
+def assign_roles(
+    partitions: Mapping[int, tuple[int, int]], run_config: Mapping[str, object]
+) -> NodeRoles:
+    """Every node's partition and roles, the roles taken from the run config.
+
+    Who is Byzantine or a straggler is the experiment's ground truth: the
+    harness takes it from the run config (:func:`clients.roles.role_from_run_config`,
+    which the nodes themselves use), never from what a node says about itself.
+    The strategy never sees it; the report uses it to tell which replies came
+    from the Byzantine nodes and the stragglers.
+    """
+    roles = NodeRoles()
+    for node_id, (partition_id, num_partitions) in partitions.items():
+        role = role_from_run_config(run_config, partition_id, num_partitions)
         roles.partition_of[node_id] = role.partition_id
         if role.is_byzantine:
             roles.byzantine.add(node_id)
@@ -158,7 +164,11 @@ def main(grid: Grid, context: Context) -> None:
             )
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
-    roles = roll_call(grid, run_config)
+    partitions = roll_call(grid)
+    # Before the roles: a run config that names more nodes than answered fails here,
+    # with the command that sets the federation size.
+    experiment = check_federation(experiment, run_config, len(partitions))
+    roles = assign_roles(partitions, run_config)
     log(
         INFO,
         "%s nodes; Byzantine partitions %s, straggler partitions %s",
@@ -166,7 +176,6 @@ def main(grid: Grid, context: Context) -> None:
         sorted(roles.partition_of[n] for n in roles.byzantine),
         sorted(roles.partition_of[n] for n in roles.stragglers),
     )
-    experiment = check_federation(experiment, run_config, len(roles.partition_of))
     strategy = wrap_strategy(
         build_strategy(experiment, validation_train_fn, len(roles.partition_of)),
         run_config,

@@ -2,7 +2,7 @@
 
 ``flwr run .`` starts a shared local SuperLink that outlives the run and, by
 default, installs the app's dependencies into a fresh environment with
-``uv sync`` (which would fetch a CUDA build of torch). This launcher starts a
+``uv sync`` (a minute of downloads on a fresh machine). This launcher starts a
 private SuperLink (free ports, its own FLWR_HOME, dependency installation off:
 the current environment already has everything), runs ``flwr run`` against it,
 and stops the SuperLink by its PID afterwards.
