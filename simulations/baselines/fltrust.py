@@ -21,6 +21,7 @@ update) has no direction: its score is 0.
 
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -122,10 +123,9 @@ class FLTrust(FedAvg):
     reply_transforms : Sequence[ReplyTransform] (default: ())
         Applied in order to each round's checked replies before scoring (see
         :mod:`dstar_flwr.interception`), as DStar does.
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
-min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
-train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        As in :class:`flwr.serverapp.strategy.FedAvg`.
+    **fedavg_kwargs
+        Any keyword of :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
+        ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
 
     Notes
     -----
@@ -145,29 +145,9 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         server_learning_rate: float = 1.0,
         max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES,
         reply_transforms: Sequence[ReplyTransform] = (),
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: (Callable[[list[RecordDict], str], MetricRecord] | None) = None,
-        evaluate_metrics_aggr_fn: (Callable[[list[RecordDict], str], MetricRecord] | None) = None,
+        **fedavg_kwargs: Any,
     ) -> None:
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=weighted_by_key,
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-        )
+        super().__init__(**fedavg_kwargs)
         if validation_train_fn is None or not callable(validation_train_fn):
             raise ValueError(
                 "FLTrust needs validation_train_fn: the server's local training on its "
