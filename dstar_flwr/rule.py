@@ -178,6 +178,11 @@ class DStarRule:
         ValueError
             If both are given, or a setting is not a field of DStarRule.
         """
+        if rule is not None and not isinstance(rule, DStarRule):
+            raise TypeError(
+                f"rule must be a DStarRule, got {type(rule).__name__}: pass the settings by "
+                "name, e.g. DStar(num_byzantine=2, first_k=0.8)."
+            )
         if rule is not None and settings:
             raise ValueError(
                 f"pass the rule's settings either as rule=DStarRule(...) or as keyword "

@@ -491,3 +491,18 @@ def test_a_grid_that_repeats_or_misattributes_replies_does_not_end_the_run(
     assert 2 in metrics["accepted-node-ids"] and 1 in metrics["rejected-node-ids"]
     assert metrics["malformed-node-ids"] == []
     assert "sent to node 1" in caplog.text and "repeated" in caplog.text
+
+
+def test_the_rule_settings_are_taken_once_and_checked() -> None:
+    from dstar_flwr import DStarLegacy, DStarRule
+
+    rule = DStarRule(num_byzantine=2, first_k=0.8)
+    assert DStar(rule=rule).rule is rule
+    assert DStar(num_byzantine=2, first_k=0.8).rule == rule
+    assert DStarLegacy(num_byzantine=2, first_k=0.8, fraction_evaluate=0.0).rule == rule
+    with pytest.raises(ValueError, match="not both"):
+        DStar(rule=rule, num_byzantine=1)
+    with pytest.raises(ValueError, match=r"unknown dSTAR setting\(s\) \['num_byzantines'\]"):
+        DStar(num_byzantines=2)
+    with pytest.raises(TypeError, match="must be a DStarRule"):
+        DStar(2)  # type: ignore[arg-type]
