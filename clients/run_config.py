@@ -156,6 +156,12 @@ RUN_CONFIG_SECTIONS: Mapping[str, tuple[Key, ...]] = {
             optional=True,
         ),
         Key(
+            "fraction-train", float, 1.0,
+            "Share of the connected nodes sampled for each training round (at least 2; "
+            "DStar: at least 2f + 1).",
+            optional=True,
+        ),
+        Key(
             "fraction-evaluate", float, 0.0,
             "Share of nodes in federated evaluation; the test split is evaluated centrally.",
         ),

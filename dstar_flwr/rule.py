@@ -20,6 +20,7 @@ from .aggregation import (
     SCALES,
     VARIANTS,
     DStarAggregation,
+    check_aggregation_device,
     dstar_aggregate,
 )
 from .first_k import resolve_first_k
@@ -86,6 +87,12 @@ class DStarRule:
         node with ``example_cap`` examples. Ignored with ``"uniform"``.
     max_num_examples : float (default: 1e9)
         Replies that claim more examples are refused as malformed.
+    aggregation_device : str | None (default: None)
+        Where the rule's passes over the updates run. None: numpy's compiled
+        kernels on the host. A torch device (``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``, ...): torch on it, the updates copied there once per
+        round (needs torch; checked on construction). The next weights come
+        back as numpy arrays either way.
 
     Notes
     -----
@@ -109,6 +116,7 @@ class DStarRule:
     weighting: str = "uniform"
     example_cap: float | None = None
     max_num_examples: float = DEFAULT_MAX_NUM_EXAMPLES
+    aggregation_device: str | None = None
 
     def __post_init__(self) -> None:
         """Fail fast on a setting that cannot work, saying what to change."""
@@ -163,6 +171,7 @@ class DStarRule:
             )
         if not self.max_num_examples > 0:
             raise ValueError(f"max_num_examples must be > 0, got {self.max_num_examples}.")
+        check_aggregation_device(self.aggregation_device)
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -278,6 +287,7 @@ class DStarRule:
             scale=self.deviation_scale,  # type: ignore[arg-type]
             center=self.center,  # type: ignore[arg-type]
             cap_accepted=self.cap_accepted,
+            device=self.aggregation_device,
         )
         with np.errstate(over="ignore"):  # saturated below
             step = self.server_learning_rate * aggregation.aggregate

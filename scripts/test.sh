@@ -11,10 +11,10 @@ ruff check .
 # deadlines. Extra arguments go to both runs; exit status 5 (no test selected) is not
 # a failure of a run.
 status=0
-python -m pytest -q -n 2 -m "not slow and not simulation and not deployment" "$@" || status=$?
+python -m pytest -q -n 2 -m "not simulation and not deployment" "$@" || status=$?
 [ "$status" -eq 5 ] && status=0
 e2e=0
-python -m pytest -q -m "(simulation or deployment) and not slow" "$@" || e2e=$?
+python -m pytest -q -m "simulation or deployment" "$@" || e2e=$?
 [ "$e2e" -eq 5 ] && e2e=0
 [ "$status" -ne 0 ] && exit "$status"
 exit "$e2e"

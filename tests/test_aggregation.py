@@ -4,9 +4,12 @@ The hand-computed cases of the paper's reading pass ``variant="paper"``; the
 anchored default has its own in ``tests/test_anchored.py``.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
+from dstar_flwr import aggregation
 from dstar_flwr.aggregation import coordinate_median, deviation_scale, dstar_aggregate
 
 
@@ -201,3 +204,136 @@ def test_bad_parameters_raise() -> None:
 def test_coordinate_median_matches_numpy(rows: int) -> None:
     stack = np.random.default_rng(rows).normal(size=(rows, 301)).astype(np.float32)
     np.testing.assert_allclose(coordinate_median(stack), np.median(stack, axis=0), rtol=1e-6)
+
+
+# --- the compiled pass: one pass when every update is accepted -------------------
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled path on small inputs: several chunks, blocks and threads."""
+    if aggregation._KERNELS is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(aggregation, "_KERNEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(aggregation, "_CHUNK_ALIGN", 256)
+    monkeypatch.setattr(aggregation, "_MAX_CHUNK", 768)
+    monkeypatch.setattr(aggregation, "_LANES", 100)  # blocks that end inside a chunk
+    monkeypatch.setattr(aggregation, "_ELEMENTS_PER_THREAD", 1)
+
+
+def _honest_round(seed: int, num_updates: int = 11, dimension: int = 3001) -> tuple:
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=dimension)
+    updates = [(mean + 0.1 * rng.normal(size=dimension)).astype(np.float32) for _ in range(11)]
+    validation = (mean + 0.1 * rng.normal(size=dimension)).astype(np.float32)
+    return updates[:num_updates], validation, rng.uniform(1, 5, size=num_updates)
+
+
+def _plain_weighted_mean(updates: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    kept = weights / weights.sum()
+    return (kept[:, None] * np.stack(updates).astype(np.float64)).sum(axis=0)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_when_every_update_is_accepted_the_measuring_pass_gives_the_mean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    updates, validation, weights = _honest_round(0)
+
+    def no_second_pass(*args: object) -> None:
+        raise AssertionError("the weighted sum ran a second pass")
+
+    kernels = aggregation._KERNELS._replace(weighted_sum=no_second_pass)  # type: ignore[union-attr]
+    monkeypatch.setattr(aggregation, "_KERNELS", kernels)
+    result = dstar_aggregate(updates, num_byzantine=2, validation=validation, weights=weights)
+    assert result.accepted == tuple(range(11))
+    expected = _plain_weighted_mean(updates, weights)
+    np.testing.assert_allclose(result.aggregate, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_the_fused_mean_equals_the_second_pass() -> None:
+    updates, validation, weights = _honest_round(1)
+    fused = dstar_aggregate(updates, num_byzantine=2, validation=validation, weights=weights)
+    rows = aggregation.host_rows(updates, validation)
+    normalised = aggregation._mean_weights(aggregation._checked_weights(weights, 11))
+    second = rows.weighted_mean(list(range(11)), normalised)
+    np.testing.assert_array_equal(fused.aggregate, second)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_a_rejected_update_is_left_out_of_the_mean() -> None:
+    updates, validation, weights = _honest_round(2)
+    updates[4] = updates[4] * 40
+    result = dstar_aggregate(updates, num_byzantine=2, validation=validation, weights=weights)
+    assert 4 in result.rejected
+    kept = list(result.accepted)
+    expected = _plain_weighted_mean([updates[i] for i in kept], weights[kept])
+    np.testing.assert_allclose(result.aggregate, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_pass_measures_deviations_norms_and_finiteness(dtype: type) -> None:
+    updates, validation, _ = _honest_round(3, num_updates=9)
+    updates = [update.astype(dtype) for update in updates]
+    updates[2][17] = np.inf
+    updates[6][3000] = np.nan
+    inputs = [*updates, validation.astype(dtype)]
+    measured = aggregation._measure(inputs, [9], None)
+    wide = [row.astype(np.float64) for row in inputs]
+    center = wide[9]
+    finite = [bool(np.isfinite(row).all()) for row in inputs]
+    np.testing.assert_array_equal(measured.finite, finite)
+    np.testing.assert_array_equal(measured.reference, inputs[9])
+    ok = np.flatnonzero(finite)
+    squares = [np.sum((inputs[i] - inputs[9]).astype(np.float64) ** 2) for i in ok]
+    np.testing.assert_allclose(measured.squares[ok], squares, rtol=1e-12)
+    np.testing.assert_allclose(
+        measured.norms[ok], [np.dot(wide[i], wide[i]) for i in ok], rtol=1e-12
+    )
+    assert measured.reference_norm == pytest.approx(np.linalg.norm(center), rel=1e-12)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_a_float32_row_near_the_maximum_is_finite_with_a_finite_norm() -> None:
+    # Squares of float32 values never overflow in float64: only NaN and Inf are flagged.
+    big = np.full(700, np.finfo(np.float32).max, dtype=np.float32)
+    inputs = [big, -big, np.zeros(700, np.float32)]
+    measured = aggregation._measure(inputs, [2], None)
+    assert measured.finite.all()
+    assert np.isfinite(measured.norms).all()
+
+
+def test_the_threads_are_started_once_and_reused() -> None:
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def task(chunk: int, start: int, stop: int) -> None:
+        with lock:
+            seen.add(threading.get_ident())
+
+    bounds = list(range(0, 65, 4))
+    aggregation._run_chunks(task, bounds, work=1 << 40)
+    pool = aggregation._thread_pool()
+    aggregation._run_chunks(task, bounds, work=1 << 40)
+    assert aggregation._thread_pool() is pool
+    assert len(seen) <= aggregation._available_cores()
+
+
+def test_an_error_in_a_chunk_reaches_the_caller() -> None:
+    def task(chunk: int, start: int, stop: int) -> None:
+        if chunk == 5:
+            raise RuntimeError("chunk 5 failed")
+
+    with pytest.raises(RuntimeError, match="chunk 5 failed"):
+        aggregation._run_chunks(task, list(range(0, 41, 4)), work=1 << 40)
+
+
+def test_a_forked_child_starts_its_own_threads() -> None:
+    pool = aggregation._thread_pool()
+    aggregation._forget_thread_pool()  # what the child runs after a fork
+    try:
+        assert aggregation._thread_pool() is not pool
+    finally:
+        aggregation._pool = pool

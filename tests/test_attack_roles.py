@@ -15,7 +15,8 @@ from clients.roles import (
     role_from_run_config,
 )
 from clients.run_config import parse_partition_ids
-from simulations.app.server_app import assign_roles, roll_call
+from simulations.app.roll_call import roll_call
+from simulations.app.server_app import assign_roles
 from simulations.federation.inprocess import InProcessGrid
 from tests.node_support import node_context, run_config
 

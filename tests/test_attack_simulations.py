@@ -2,10 +2,9 @@
 and through the omniscient wrapper against one of Flower's built-in robust strategies.
 
 The attacks are spread over the Byzantine partitions round-robin (run-config
-``attack`` as a list), so that one run covers all of them. The FedAvg and
-MultiKrum runs are marked ``slow`` (``python -m pytest -m slow``): the default
-suite keeps the DStar run, and the smoke benchmark grid covers the omniscient
-threat model against DStar and FLTrust (against FedAvg: tests/test_omniscient.py).
+``attack`` as a list), so that one run covers all of them. The smoke benchmark
+grid covers the omniscient threat model against DStar and FLTrust (against
+FedAvg: tests/test_omniscient.py).
 """
 
 import json
@@ -68,7 +67,7 @@ def _check_completed(results: dict, byzantine: int) -> None:
         assert row["test_loss"] is not None and math.isfinite(row["test_loss"])
 
 
-@pytest.mark.parametrize("strategy", ["dstar", pytest.param("fedavg", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", ["dstar", "fedavg"])
 def test_client_side_attacks_do_not_end_the_run(tmp_path: Path, strategy: str) -> None:
     results = _run(tmp_path, strategy, CLIENT_SIDE_ATTACKS, CLIENT_SIDE_SETTINGS)
     names = CLIENT_SIDE_ATTACKS.split(",")
@@ -83,7 +82,6 @@ def test_client_side_attacks_do_not_end_the_run(tmp_path: Path, strategy: str) -
             assert len(row["received_partitions"]) == len(names) + HONEST_NODES - len(bad), row
 
 
-@pytest.mark.slow
 def test_omniscient_attacks_against_a_flower_builtin(tmp_path: Path) -> None:
     results = _run(tmp_path, "multikrum", OMNISCIENT_ATTACKS, OMNISCIENT_SETTINGS)
     names = OMNISCIENT_ATTACKS.split(",")

@@ -32,7 +32,54 @@ def test_cli_runs_a_tiny_grid_with_every_method(tmp_path: Path) -> None:
     assert next(r for r in rows if r["method"] == "dstar")["ratio_to_dstar"] == "1"
     report = markdown.read_text(encoding="utf-8")
     assert "| N | d | mean-stream | dstar |" in report
+    assert "### Targets in every cell (this run)" in report
+    assert "- dstar / mean-stream <= 10: met in" in report or "MISSED" in report
     assert "Target check at N=50, d=1e6" in report
+    assert "- command: python -m simulations.benchmarks.bench_aggregation --sizes 5" in report
+
+
+def test_the_torch_path_is_timed_on_the_device_it_is_given(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    csv_path, markdown = tmp_path / "bench.csv", tmp_path / "bench.md"
+    argv = ["--sizes", "5", "--dims", "1000", "--repeats", "1", "--no-progress"]
+    argv += ["--methods", "mean-stream,dstar,dstar-torch", "--device", "cpu"]
+    assert bench.main([*argv, "--csv", str(csv_path), "--markdown", str(markdown)]) == 0
+    rows = {row["method"]: row for row in _read_rows(csv_path)}
+    assert rows["dstar-torch"]["status"] == "ok" and float(rows["dstar-torch"]["seconds"]) > 0
+    assert rows["dstar-torch"]["peak_mib"] == ""  # torch's CPU allocator is not traced
+    assert "- dstar-torch: torch " in markdown.read_text(encoding="utf-8")
+
+
+def test_stages_are_timed_beside_the_streaming_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--stages", "--sizes", "5", "--dims", "2000", "--repeats", "1"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "N=5, d=2000, float32, best of 1" in out
+    assert "| mean-stream |" in out and "| 1.00 |" in out
+    for name in bench.stage_calls(bench.make_inputs(5, 2000, 0)):
+        assert f"| {name} |" in out
+
+
+def test_the_target_table_checks_every_cell() -> None:
+    def row(n: int, d: int, method: str, seconds: float) -> bench.Row:
+        return bench.Row(n=n, d=d, method=method, f=0, seconds=seconds)
+
+    rows = [
+        row(10, 1000, "mean-stream", 1.0),
+        row(10, 1000, "dstar", 4.0),
+        row(10, 1000, "flwr-median", 40.0),
+        row(50, 1000, "mean-stream", 1.0),
+        row(50, 1000, "dstar", 12.0),
+        row(50, 1000, "flwr-median", 24.0),
+        row(50, 10_000, "mean-stream", 1.0),
+        row(50, 10_000, "dstar", 2.0),
+    ]
+    text = "\n".join(bench.target_table(rows))
+    assert "| 10 | 1e3 | 4.00 met | 10.00 met |" in text
+    assert "| 50 | 1e3 | 12.00 MISSED | 2.00 MISSED |" in text
+    assert "| 50 | 1e4 | 2.00 met | not measured |" in text
+    assert "met in 2 of 3 cells (largest 12.00, at N=50, d=1e3)" in text
+    assert "met in 1 of 2 cells where flwr-median ran (smallest 2.00, at N=50, d=1e3)" in text
 
 
 def test_a_cell_over_the_memory_budget_is_skipped_with_the_reason(tmp_path: Path) -> None:

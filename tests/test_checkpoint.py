@@ -429,7 +429,6 @@ def test_round_rows_survive_the_checkpoint_state(tmp_path: Path) -> None:
 
 
 @pytest.mark.simulation
-@pytest.mark.slow  # the deployment test stops and resumes a run in the default suite
 def test_simulation_resumes_after_the_checkpointed_round(tmp_path: Path) -> None:
     from simulations.federation.launch import run_simulation
 

@@ -114,6 +114,23 @@ def _run_messages(database: Path, run_id: int) -> dict[str, int]:
         }
 
 
+def _leftover_messages(database: Path, run_id: int) -> list[dict[str, object]]:
+    """The run's messages left in the SuperLink's state, for an assertion's message."""
+    columns = (
+        "message_id, reply_to_message_id, message_type, group_id, src_node_id, "
+        "dst_node_id, created_at, delivered_at, ttl"
+    )
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+        connection.row_factory = sqlite3.Row
+        return [
+            {"table": table, **dict(row)}
+            for table in ("message_ins", "message_res")
+            for row in connection.execute(
+                f"SELECT {columns} FROM {table} WHERE run_id = ?", (_sint64(run_id),)
+            )
+        ]
+
+
 def _wait_for_results(
     federation: LocalFederation, started: StartedRun, limit: float = RUN_LIMIT
 ) -> int:
@@ -234,6 +251,7 @@ def test_first_k_rounds_survive_a_killed_node_and_a_stop_and_resume(
     resumed = federation.start_run({**config, "resume": True})
     most_messages = _wait_for_results(federation, resumed)
     leftovers = _run_messages(federation.database, resumed.run_id)
+    leftover_rows = _leftover_messages(federation.database, resumed.run_id)
     results = _finished(federation, resumed)
     log = federation.run_log(resumed.run_id)
     rounds = results["rounds"]
@@ -278,7 +296,10 @@ def test_first_k_rounds_survive_a_killed_node_and_a_stop_and_resume(
     # run's messages were in the SuperLink's state while it ran, none after.
     assert "still unresolved" not in log, explain
     assert most_messages > 0
-    assert leftovers and not any(leftovers.values()), leftovers
+    assert leftovers and not any(leftovers.values()), (
+        f"{leftovers}\n{json.dumps(leftover_rows, indent=1)}\n"
+        + federation.diagnostics(resumed.run_id)
+    )
 
 
 # --- no federation needed -------------------------------------------------------

@@ -80,10 +80,16 @@ def test_the_wheel_requires_only_flwr_numpy_and_numba(wheel: Path) -> None:
     assert not flwr.extras, flwr
 
 
+# Optional imports: the module that needs them is imported only when a user asks for it.
+OPTIONAL_IMPORTS = {f"{LIBRARY}/torch_aggregation.py": {"torch"}}
+
+
 def test_the_library_imports_nothing_beyond_its_dependencies() -> None:
-    """Every import in dstar_flwr/ is the standard library, itself, or a declared dependency."""
+    """Every import in dstar_flwr/ is the standard library, itself, or a declared dependency
+    (torch only in the module of the optional torch path)."""
     allowed = LIBRARY_DEPENDENCIES | {LIBRARY} | set(sys.stdlib_module_names)
     for path in sorted((ROOT / LIBRARY).rglob("*.py")):
+        allowed_here = allowed | OPTIONAL_IMPORTS.get(path.relative_to(ROOT).as_posix(), set())
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -92,5 +98,16 @@ def test_the_library_imports_nothing_beyond_its_dependencies() -> None:
                 modules = [node.module]
             else:
                 continue
-            outside = {m.split(".")[0] for m in modules} - allowed
+            outside = {m.split(".")[0] for m in modules} - allowed_here
             assert not outside, f"{path.relative_to(ROOT)}:{node.lineno} imports {outside}"
+
+
+def test_importing_the_library_and_its_strategy_does_not_import_torch() -> None:
+    code = (
+        "import sys, dstar_flwr, dstar_flwr.strategy, dstar_flwr.legacy\n"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "False", result.stdout + result.stderr

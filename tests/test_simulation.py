@@ -62,8 +62,7 @@ def test_dstar_simulation_survives_crashes_dropouts_and_intermittent_nodes(
 
 
 # The strategy's deadline and its record of the late are unit-tested on a scripted grid
-# (tests/test_diagnostics.py); this is the same on Flower's engine, with the slow tests.
-@pytest.mark.slow
+# (tests/test_diagnostics.py); this is the same on Flower's engine.
 def test_fedavg_timeout_ends_rounds_at_the_deadline(tmp_path: Path) -> None:
     path = run_simulation(
         {

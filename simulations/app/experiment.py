@@ -60,6 +60,7 @@ class ExperimentConfig:
         "checkpoint-dir", default=None, convert=_optional_path
     )
     resume: bool = setting("resume")
+    fraction_train: float = setting("fraction-train")
     weighting: str = setting("weighting")
     example_cap: float | None = setting("example-cap", default=None, convert=none_if_empty)
 
@@ -75,6 +76,8 @@ class ExperimentConfig:
             raise ValueError("run config 'round-timeout' must be > 0 seconds.")
         if self.fedavg_timeout <= 0:
             raise ValueError("run config 'fedavg-timeout' must be > 0 seconds.")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ValueError("run config 'fraction-train' must be in (0, 1].")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise ValueError("run config 'fraction-evaluate' must be in [0, 1].")
         if self.weighting == "num-examples" and self.example_cap is None:
@@ -127,7 +130,10 @@ def build_strategy(
     :class:`~simulations.baselines.fltrust.FLTrust` with ``validation_train_fn`` as its root
     update (required) and DStar's ``server-learning-rate``.
     """
-    common = {"fraction_train": 1.0, "fraction_evaluate": config.fraction_evaluate}
+    common = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": config.fraction_evaluate,
+    }
     f = config.num_byzantine
     if config.strategy == "fedavg":
         return FedAvg(**common)
@@ -166,6 +172,6 @@ def build_strategy(
         weighting=config.weighting,
         example_cap=config.example_cap,
         validation_train_fn=validation_train_fn if config.validation_update else None,
-        fraction_train=1.0,
+        fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
     )

@@ -239,6 +239,7 @@ def write_results(
     roles: NodeRoles,
     rows: list[RoundRow],
     resumed_after_round: int | None = None,
+    server_costs: list[dict[str, object]] | None = None,
 ) -> Path:
     """Write the run's results as JSON, atomically; returns the absolute path.
 
@@ -247,7 +248,10 @@ def write_results(
     ``summary``, ``byzantine-partitions``, ``straggler-partitions``,
     ``resumed-after-round`` (the checkpoint's round a resumed run continued
     after; null for a run from round 1) and ``rounds`` (one :class:`RoundRow`
-    each, restored rounds included). NaN and Inf are written as null.
+    each, restored rounds included), and ``server-costs``: per round this
+    ServerApp ran, its CPU seconds by step and its memory (see
+    :mod:`simulations.app.server_costs`; restored rounds have none). NaN and
+    Inf are written as null.
     """
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +265,7 @@ def write_results(
         "straggler-partitions": sorted(roles.partition_of[n] for n in roles.stragglers),
         "resumed-after-round": resumed_after_round,
         "rounds": [asdict(row) for row in rows],
+        "server-costs": server_costs or [],
     }
     text = json.dumps(_json_safe(document), indent=2)
 

@@ -6,7 +6,8 @@ global model on the held-out test split every round, measures every round's
 resilience (the aggregate against the mean honest update that reached the
 aggregation, see :mod:`simulations.app.diagnostics`), prints a per-round table and
 writes the run's results (per round accuracy, loss, rejected and late nodes,
-round seconds, resilience, the full config) to ``<results-dir>/<run-name>.json``.
+round seconds, resilience, the server's CPU seconds and memory, the full config)
+to ``<results-dir>/<run-name>.json``.
 
 With run-config ``checkpoint-dir`` (strategy ``dstar``), DStar checkpoints the
 global model and the Result to ``<checkpoint-dir>/<run-name>.ckpt.npz`` after
@@ -23,7 +24,7 @@ from dataclasses import asdict
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 from flwr.supercore import log
@@ -52,31 +53,10 @@ from simulations.app.results import (
     summarize,
     write_results,
 )
+from simulations.app.roll_call import ROLL_CALL_TIMEOUT, roll_call
+from simulations.app.server_costs import GRID, HARNESS, VALIDATION, RoundMeter
 
 app = ServerApp()
-
-ROLL_CALL_TIMEOUT = 120.0
-
-
-def roll_call(grid: Grid, timeout: float = ROLL_CALL_TIMEOUT) -> dict[int, tuple[int, int]]:
-    """Ask every node for its partition: node id -> (partition id, number of partitions)."""
-    messages = [
-        Message(RecordDict(), dst_node_id=node_id, message_type="query")
-        for node_id in grid.get_node_ids()
-    ]
-    partitions: dict[int, tuple[int, int]] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            log(WARNING, "roll call: node %s failed: %s", reply.metadata.src_node_id, reply.error)
-            continue
-        metrics = reply.content.metric_records.get("metrics")
-        if metrics is None or "partition-id" not in metrics or "num-partitions" not in metrics:
-            continue
-        partitions[reply.metadata.src_node_id] = (
-            int(metrics["partition-id"]),  # type: ignore[arg-type]
-            int(metrics["num-partitions"]),  # type: ignore[arg-type]
-        )
-    return partitions
 
 
 def assign_roles(
@@ -122,6 +102,8 @@ def main(grid: Grid, context: Context) -> None:
     restored_rows = _restored_rows(restored)
     first_validation_seed = experiment.seed * 1_000_003 + 7
     validation_calls = int(restored.state.get("validation-calls", 0)) if restored else 0
+    # The server's CPU seconds per round by step, and its memory after each round.
+    meter = RoundMeter()
 
     def validation_train_fn(arrays: ArrayRecord) -> ArrayRecord:
         nonlocal validation_calls
@@ -144,6 +126,22 @@ def main(grid: Grid, context: Context) -> None:
     probe: HonestMeanProbe | None = None
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        with meter.round_end(server_round):
+            metrics = evaluate_round(server_round, arrays)
+        if meter.rounds and meter.rounds[-1].server_round == server_round:
+            cost = meter.rounds[-1]
+            log(
+                INFO,
+                "round %s: server CPU %.3fs (grid %.3fs), validation update %.3fs, RSS %.1f MiB",
+                server_round,
+                cost.server_cpu_seconds,
+                cost.cpu_seconds.get(GRID, 0.0),
+                cost.cpu_seconds.get(VALIDATION, 0.0),
+                cost.rss_bytes / 2**20,
+            )
+        return metrics
+
+    def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = evaluate_arrays(arrays, data.dataset, x_test, y_test, device=device)
         row = RoundRow(server_round, test_accuracy=accuracy, test_loss=loss)
         rows[server_round] = row
@@ -164,7 +162,9 @@ def main(grid: Grid, context: Context) -> None:
             )
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
-    partitions = roll_call(grid)
+    # A large federation on a loaded machine may need longer than the default to
+    # answer: the roll call waits at least as long as a round may.
+    partitions = roll_call(grid, timeout=max(ROLL_CALL_TIMEOUT, experiment.round_timeout))
     # Before the roles: a run config that names more nodes than answered fails here,
     # with the command that sets the federation size.
     experiment = check_federation(experiment, run_config, len(partitions))
@@ -177,13 +177,16 @@ def main(grid: Grid, context: Context) -> None:
         sorted(roles.partition_of[n] for n in roles.stragglers),
     )
     strategy = wrap_strategy(
-        build_strategy(experiment, validation_train_fn, len(roles.partition_of)),
+        build_strategy(
+            experiment, meter.timed(VALIDATION, validation_train_fn), len(roles.partition_of)
+        ),
         run_config,
         roles,
         seed=experiment.seed,
     )
     probe = probe_of(strategy)
-    timed_grid = ReplyLogGrid(grid)
+    meter.instrument(strategy)
+    timed_grid = ReplyLogGrid(meter.grid(grid))
 
     def checkpoint_state(server_round: int, result: Result) -> dict[str, Any]:
         table = _round_table(
@@ -208,13 +211,14 @@ def main(grid: Grid, context: Context) -> None:
         {
             "checkpoint_path": experiment.checkpoint_path,
             "resume": experiment.resume,
-            "checkpoint_state_fn": checkpoint_state,
+            "checkpoint_state_fn": meter.timed(HARNESS, checkpoint_state),
         }
         if experiment.checkpoint_path is not None
         else {}
     )
     initial = ArrayRecord(build_model(data.dataset, seed=data.seed).state_dict())
     started = time.monotonic()
+    meter.round_start()
     result = strategy.start(
         grid=timed_grid,
         initial_arrays=initial,
@@ -250,6 +254,7 @@ def main(grid: Grid, context: Context) -> None:
         roles=roles,
         rows=table,
         resumed_after_round=restored.server_round if restored else None,
+        server_costs=[cost.to_dict() for cost in meter.rounds],
     )
     log(INFO, "results written to %s", path)
 

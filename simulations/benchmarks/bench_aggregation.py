@@ -8,6 +8,10 @@ inputs (best of R runs, ``time.perf_counter``):
   divide), the memory-bandwidth floor;
 - ``dstar``: ``dstar_aggregate`` with ``num_byzantine=f``, the validation update and
   the example counts as weights;
+- ``dstar-torch`` (only when asked for, with ``--methods``): the same call on torch
+  tensors that already lie on ``--device`` (default ``cpu``; ``cuda`` on a GPU), so
+  the time is the device's aggregation, the copy to it left out; on CUDA the call is
+  followed by ``torch.cuda.synchronize()``;
 - ``flwr-mean``, ``flwr-median``, ``flwr-trimmed-mean`` (cut 0.2 at each end),
   ``flwr-krum``, ``flwr-multikrum`` (keeps N - f), ``flwr-bulyan`` (Krum inside):
   the functions of ``flwr.server.strategy.aggregate``, each update passed as a
@@ -19,7 +23,9 @@ min(f, (N - 3) // 4) (the CSV's ``f`` column says which f each row used).
 Peak memory is the largest amount of memory a method allocated on top of what was
 allocated before it started, traced by ``tracemalloc`` in one extra, untimed run
 (numpy reports its array buffers to tracemalloc; numba's kernel scratch buffers,
-under 1 MiB per thread here, are not traced).
+under 1 MiB per thread here, are not traced). For ``dstar-torch`` it is torch's
+peak on a CUDA device (``torch.cuda.max_memory_allocated``), and not measured on
+the CPU (torch's CPU allocator is not traced).
 
 Cells whose inputs plus a method's working set (estimated up front) exceed the
 memory budget are skipped, and so are runs whose time, estimated from the method's
@@ -28,8 +34,9 @@ and Bulyan compute all pairwise distances: O(N^2 d) and more). Each skip says wh
 Timed repeats stop early once a method has used ``--max-seconds``.
 
 Writes a CSV (one row per cell and method) and a markdown report, prints both
-tables and the target check at N = 50, d = 1e6: ``dstar / mean-stream`` (target
-<= 10) and ``flwr-median / dstar`` (target >= 5), measured in this run.
+tables, the targets in every cell where they were measured (``dstar / mean-stream``
+<= 10, ``flwr-median / dstar`` >= 5, both from this run) and the headline check at
+N = 50, d = 1e6.
 
 Usage::
 
@@ -37,6 +44,13 @@ Usage::
     python -m simulations.benchmarks.bench_aggregation --quick     # N {10, 50} x d {1e5, 1e6}
     python -m simulations.benchmarks.bench_aggregation --sizes 50 --dims 1e6 \\
         --methods mean-stream,dstar
+    python -m simulations.benchmarks.bench_aggregation --sizes 50 --dims 1e6,1e7 \\
+        --methods mean-stream,dstar,dstar-torch --device cuda     # on a GPU
+    python -m simulations.benchmarks.bench_aggregation --stages   # where DStar's time goes
+
+``--stages`` times DStar's stages one by one instead (at N = 50, d = 1e6 unless
+``--sizes`` and ``--dims`` say otherwise; best of ``--repeats``, runs interleaved)
+and prints them beside the streaming mean; it writes no files.
 """
 
 import argparse
@@ -65,6 +79,7 @@ METHODS: tuple[str, ...] = (
     "flwr-multikrum",
     "flwr-bulyan",
 )
+OPTIONAL_METHODS: tuple[str, ...] = ("dstar-torch",)  # run only when named in --methods
 FULL_SIZES: tuple[int, ...] = (10, 50, 100, 200)
 FULL_DIMS: tuple[int, ...] = (100_000, 1_000_000, 10_000_000)
 QUICK_SIZES: tuple[int, ...] = (10, 50)
@@ -126,6 +141,8 @@ def working_bytes(method: str, num_updates: int, dimension: int) -> int:
         return vector
     if method == "dstar":
         return 3 * vector + num_updates * 4096
+    if method == "dstar-torch":  # the median, a float64 sum, float64 blocks of 2**24 values
+        return 3 * vector + 6 * (1 << 24) * 8
     if method == "flwr-mean":
         return stacked + 2 * vector
     if method in ("flwr-median", "flwr-trimmed-mean"):
@@ -178,11 +195,17 @@ def mean_stream(updates: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
-def method_call(method: str, inputs: CellInputs) -> Callable[[], Any]:
-    """A zero-argument call of ``method`` on ``inputs`` (what is timed)."""
+def method_call(method: str, inputs: CellInputs, device: str = "cpu") -> Callable[[], Any]:
+    """A zero-argument call of ``method`` on ``inputs`` (what is timed).
+
+    ``dstar-torch`` copies the inputs to ``device`` here, before any timing.
+    """
     from flwr.server.strategy import aggregate as flwr_aggregate
 
     from dstar_flwr import dstar_aggregate
+
+    if method == "dstar-torch":
+        return _torch_call(inputs, device)
 
     num_updates = len(inputs.updates)
     bound = method_bound(method, num_updates)
@@ -215,6 +238,45 @@ def method_call(method: str, inputs: CellInputs) -> Callable[[], Any]:
         ),
     }
     return calls[method]
+
+
+def _torch_call(inputs: CellInputs, device: str) -> Callable[[], Any]:
+    """``dstar_aggregate`` on tensors already on ``device``; waits for the device."""
+    import torch
+
+    from dstar_flwr import dstar_aggregate
+
+    updates = [torch.as_tensor(update, device=device) for update in inputs.updates]
+    validation = torch.as_tensor(inputs.validation, device=device)
+    bound = method_bound("dstar", len(updates))
+    on_cuda = torch.device(device).type == "cuda"
+
+    def call() -> Any:
+        result = dstar_aggregate(
+            updates, num_byzantine=bound, validation=validation, weights=inputs.num_examples
+        )
+        if on_cuda:
+            torch.cuda.synchronize()
+        return result
+
+    return call
+
+
+def device_peak(call: Callable[[], Any], device: str) -> tuple[int | None, float]:
+    """Run ``call`` once: (torch's CUDA peak above the start, or None off CUDA; seconds)."""
+    import torch
+
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if on_cuda else 0
+    start = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) - before if on_cuda else None
+    del result
+    return peak, seconds
 
 
 def traced_peak(call: Callable[[], Any]) -> tuple[int, float]:
@@ -350,9 +412,10 @@ def _dimension_list(text: str) -> list[int]:
 
 def _method_list(text: str) -> list[str]:
     methods = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    choices = (*METHODS, *OPTIONAL_METHODS)
+    unknown = [m for m in methods if m not in choices]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {METHODS}")
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {choices}")
     return methods
 
 
@@ -365,7 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", type=_int_list, help="N values, e.g. 10,50 (default: full)")
     parser.add_argument("--dims", type=_dimension_list, help="d values, e.g. 1e5,1e6")
     parser.add_argument(
-        "--methods", type=_method_list, default=list(METHODS), help="comma-separated subset"
+        "--methods",
+        type=_method_list,
+        default=list(METHODS),
+        help=f"comma-separated subset; also {', '.join(OPTIONAL_METHODS)} (default: the rest)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="dstar-torch's torch device, e.g. cuda (default: cpu)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (best is kept)")
     parser.add_argument(
@@ -382,16 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", type=Path, default=Path("results/bench-aggregation.csv"))
     parser.add_argument("--markdown", type=Path, default=Path("results/bench-aggregation.md"))
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument(
+        "--stages", action="store_true", help="time DStar's stages instead (writes no files)"
+    )
     return parser
 
 
-def _warm_up() -> None:
-    """Load (or compile) DStar's kernels once, outside every measurement."""
+def _warm_up(methods: Sequence[str], device: str) -> None:
+    """Load (or compile) DStar's kernels, and start torch's device, outside every measurement."""
     from dstar_flwr import dstar_aggregate
 
     rng = np.random.default_rng(0)
     updates = [rng.standard_normal(1 << 16, dtype=np.float32) for _ in range(5)]
     dstar_aggregate(updates, num_byzantine=1, validation=updates[0], weights=[1] * 5)
+    if "dstar-torch" in methods:
+        inputs = CellInputs(updates=updates, validation=updates[0], num_examples=[1] * 5)
+        _torch_call(inputs, device)()
 
 
 def run_grid(
@@ -404,6 +479,7 @@ def run_grid(
     budget: int,
     seed: int,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[Row]:
     """Measure every (cell, method); cells in order of size, so estimates exist."""
     cells = sorted(
@@ -445,8 +521,11 @@ def run_grid(
             else:
                 assert inputs is not None
                 try:
-                    call = method_call(method, inputs)
-                    row.peak_bytes, first = traced_peak(call)
+                    call = method_call(method, inputs, device)
+                    if method == "dstar-torch":
+                        row.peak_bytes, first = device_peak(call, device)
+                    else:
+                        row.peak_bytes, first = traced_peak(call)
                     budget_left = max(max_seconds - first, 0.0)
                     row.seconds, row.repeats = timed(call, repeats, budget_left)
                     estimator.record(method, n, d, row.seconds)
@@ -474,9 +553,10 @@ def run_grid(
 def _row_line(row: Row) -> str:
     if row.seconds is None:
         return f"N={row.n:<4d} d={dim_text(row.d):<8s} {row.method:<18s} {row.status}"
+    peak = "n/a" if row.peak_bytes is None else f"{row.peak_bytes / MIB:.1f} MiB"
     return (
         f"N={row.n:<4d} d={dim_text(row.d):<8s} {row.method:<18s} {row.seconds:10.4f} s "
-        f"(best of {row.repeats})  peak {row.peak_bytes / MIB:9.1f} MiB"
+        f"(best of {row.repeats})  peak {peak:>13s}"
     )
 
 
@@ -518,6 +598,69 @@ def markdown_report(rows: Sequence[Row], methods: Sequence[str], header: Sequenc
     return "\n".join(lines) + "\n"
 
 
+def _no_work(chunk: int, start: int, stop: int) -> None:
+    del chunk, start, stop
+
+
+def stage_calls(inputs: CellInputs) -> dict[str, Callable[[], Any]]:
+    """DStar's stages on one cell's inputs, each a zero-argument call (``--stages``).
+
+    The whole call is the benchmark's (anchored, with the validation update and
+    weights); its stages are the checks, the measuring pass (reference,
+    deviations, norms and the fused weighted mean), the second pass it takes only
+    when an update is rejected, and the thread pool's dispatch of the chunks
+    with no work. The paper's variant adds a median network to the pass.
+    """
+    from dstar_flwr import aggregation, dstar_aggregate
+
+    num_updates, dimension = len(inputs.updates), len(inputs.validation)
+    rows = aggregation.host_rows(inputs.updates, inputs.validation)
+    weights = np.asarray(inputs.num_examples, dtype=np.float64)
+    weights /= weights.sum()
+    everyone = list(range(num_updates))
+    bounds = aggregation._chunk_bounds(dimension, num_updates + 1)
+    return {
+        "mean-stream": lambda: mean_stream(inputs.updates),
+        "dstar: the whole call": method_call("dstar", inputs),
+        "- checks and conversions": lambda: aggregation.host_rows(
+            inputs.updates, inputs.validation
+        ),
+        "- pass: reference, deviations, norms, mean": lambda: rows.measure([num_updates], weights),
+        "- the same pass without the mean": lambda: rows.measure([num_updates], None),
+        "- second pass (only when one is rejected)": lambda: rows.weighted_mean(everyone, weights),
+        "- threads: dispatch of the chunks, no work": lambda: aggregation._run_chunks(
+            _no_work, bounds, 1 << 40
+        ),
+        "dstar variant=paper: the whole call": lambda: dstar_aggregate(
+            inputs.updates,
+            num_byzantine=method_bound("dstar", num_updates),
+            validation=inputs.validation,
+            weights=inputs.num_examples,
+            variant="paper",
+        ),
+        "- pass: median of N + 1, deviations, norms": lambda: rows.measure(
+            [*everyone, num_updates], None
+        ),
+    }
+
+
+def stage_lines(inputs: CellInputs, repeats: int) -> list[str]:
+    """A markdown table of ``stage_calls``' best times (runs interleaved) and x mean-stream."""
+    calls = stage_calls(inputs)
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(calls, math.inf)
+    for _ in range(max(1, repeats)):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    floor = best["mean-stream"]
+    lines = ["| stage | time | x mean-stream |", "|---|---|---|"]
+    lines += [f"| {name} | {_seconds_text(t)} | {t / floor:.2f} |" for name, t in best.items()]
+    return lines
+
+
 def target_lines(rows: Sequence[Row]) -> list[str]:
     """The issue's target check at N = 50, d = 1e6, from this run's rows."""
     n, d = TARGET_CELL
@@ -547,6 +690,98 @@ def target_lines(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def _ratio(numerator: Row | None, denominator: Row | None) -> float | None:
+    if numerator is None or denominator is None or not numerator.seconds:
+        return None
+    return numerator.seconds / denominator.seconds if denominator.seconds else None
+
+
+def _verdict(ratio: float | None, met: bool) -> str:
+    if ratio is None:
+        return "not measured"
+    return f"{ratio:.2f} {'met' if met else 'MISSED'}"
+
+
+def target_table(rows: Sequence[Row]) -> list[str]:
+    """Both targets in every cell where dstar was measured, and in how many they hold."""
+    by_key = {(row.n, row.d, row.method): row for row in rows}
+    cells = sorted({(r.n, r.d) for r in rows if r.method == "dstar" and r.seconds})
+    lines = [
+        "### Targets in every cell (this run)",
+        "",
+        f"| N | d | dstar / mean-stream (target <= {TARGET_DSTAR_OVER_MEAN:g}) "
+        f"| flwr-median / dstar (target >= {TARGET_MEDIAN_OVER_DSTAR:g}) |",
+        "|---|---|---|---|",
+    ]
+    over_mean: list[tuple[float, int, int]] = []
+    over_dstar: list[tuple[float, int, int]] = []
+    for n, d in cells:
+        dstar = by_key[(n, d, "dstar")]
+        slowdown = _ratio(dstar, by_key.get((n, d, "mean-stream")))
+        speedup = _ratio(by_key.get((n, d, "flwr-median")), dstar)
+        if slowdown is not None:
+            over_mean.append((slowdown, n, d))
+        if speedup is not None:
+            over_dstar.append((speedup, n, d))
+        first = _verdict(slowdown, slowdown is not None and slowdown <= TARGET_DSTAR_OVER_MEAN)
+        second = _verdict(speedup, speedup is not None and speedup >= TARGET_MEDIAN_OVER_DSTAR)
+        lines.append(f"| {n} | {dim_text(d)} | {first} | {second} |")
+    lines.append("")
+    if over_mean:
+        met = sum(ratio <= TARGET_DSTAR_OVER_MEAN for ratio, _, _ in over_mean)
+        worst, n, d = max(over_mean)
+        lines.append(
+            f"- dstar / mean-stream <= {TARGET_DSTAR_OVER_MEAN:g}: met in {met} of "
+            f"{len(over_mean)} cells (largest {worst:.2f}, at N={n}, d={dim_text(d)})"
+        )
+    if over_dstar:
+        met = sum(ratio >= TARGET_MEDIAN_OVER_DSTAR for ratio, _, _ in over_dstar)
+        worst, n, d = min(over_dstar)
+        lines.append(
+            f"- flwr-median / dstar >= {TARGET_MEDIAN_OVER_DSTAR:g}: met in {met} of "
+            f"{len(over_dstar)} cells where flwr-median ran (smallest {worst:.2f}, "
+            f"at N={n}, d={dim_text(d)})"
+        )
+    return lines
+
+
+def _cpu_text() -> str:
+    """The CPU's model and widest vector extension, from /proc/cpuinfo (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            text = cpuinfo.read()
+    except OSError:
+        return platform.processor() or "cpu"
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("model name")
+        ),
+        "cpu",
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({vector})"
+
+
+def _load_text() -> str:
+    try:
+        return " / ".join(f"{load:.1f}" for load in os.getloadavg())
+    except OSError:  # pragma: no cover - not available
+        return "unknown"
+
+
+def _torch_text(device: str) -> str:
+    import torch
+
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
+    return f"torch {torch.__version__} on {device} ({name})"
+
+
 def _versions() -> str:
     import flwr
 
@@ -562,8 +797,22 @@ def _versions() -> str:
     )
 
 
+def _print_stages(sizes: Sequence[int], dims: Sequence[int], args: argparse.Namespace) -> int:
+    _warm_up(["dstar"], args.device)
+    print(f"machine: {platform.machine()}, {_cpu_text()}; {_versions()}")
+    for n, d in ((n, d) for n in sizes for d in dims):
+        print(
+            f"\nN={n}, d={dim_text(d)}, float32, best of {args.repeats} "
+            f"(load average {_load_text()} at the start):\n"
+        )
+        print("\n".join(stage_lines(make_inputs(n, d, args.seed), args.repeats)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stages:
+        return _print_stages(args.sizes or [TARGET_CELL[0]], args.dims or [TARGET_CELL[1]], args)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     dims = args.dims or (QUICK_DIMS if args.quick else FULL_DIMS)
     max_seconds = (
@@ -577,11 +826,13 @@ def main(argv: list[str] | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         cores = os.cpu_count() or 1
+    argv_text = sys.argv[1:] if argv is None else argv
     header = [
         "## Aggregation cost",
         "",
-        f"- machine: {platform.machine()}, {cores} cores, {platform.processor() or 'cpu'}; "
-        f"{_versions()}",
+        f"- machine: {platform.machine()}, {cores} cores, {_cpu_text()}; {_versions()}; "
+        f"load average {_load_text()} at the start",
+        f"- command: python -m simulations.benchmarks.bench_aggregation {' '.join(argv_text)}",
         f"- grid: N {list(sizes)} x d {[dim_text(d) for d in dims]}; float32 updates as a list "
         "of 1-D arrays, one seed per cell",
         f"- f = floor({BYZANTINE_FRACTION} N) (Bulyan: min(f, (N - 3) // 4)); trimmed mean "
@@ -591,8 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- memory budget: {budget / GIB:.1f} GiB (--budget-gib {args.budget_gib:g}, capped "
         "at available memory - 1 GiB)",
     ]
+    if "dstar-torch" in args.methods:
+        header.append(f"- dstar-torch: {_torch_text(args.device)}")
     print("\n".join(header), flush=True)
-    _warm_up()
+    _warm_up(args.methods, args.device)
     rows = run_grid(
         sizes,
         dims,
@@ -602,15 +855,16 @@ def main(argv: list[str] | None = None) -> int:
         budget=budget,
         seed=args.seed,
         progress=not args.no_progress,
+        device=args.device,
     )
     report = markdown_report(rows, args.methods, header)
-    targets = target_lines(rows)
+    targets = ["", *target_table(rows), "", *target_lines(rows)]
     skipped = [row for row in rows if row.seconds is None]
     notes = ["", "### Skipped or failed", ""]
     notes += [f"- N={r.n}, d={dim_text(r.d)}, {r.method}: {r.status}" for r in skipped] or [
         "- none"
     ]
-    report += "\n".join(notes) + "\n\n" + "\n".join(targets) + "\n"
+    report += "\n".join(notes) + "\n" + "\n".join(targets) + "\n"
 
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with args.csv.open("w", newline="", encoding="utf-8") as handle:
