@@ -90,6 +90,11 @@ class CheckedReply:
             raise ValueError(f"the reply of node {self.node_id} is {self.status.value}")
         vector = np.asarray(weights, dtype=layout.vector_dtype)
         self.message.content = _with_arrays(self.message.content, unflatten_vector(vector, layout))
+        if not np.all(np.isfinite(vector)):
+            # What the check would say of these arrays: the reply can no longer be aggregated.
+            return replace(
+                self, status=ReplyStatus.MALFORMED, reason="the arrays hold NaN or Inf", parsed=None
+            )
         parsed = TrainReply(
             weights=conform_to_layout(vector, layout),
             num_examples=self.parsed.num_examples,

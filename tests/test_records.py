@@ -113,3 +113,23 @@ def test_check_num_examples_takes_any_python_or_numpy_number() -> None:
     ]:
         with pytest.raises(MalformedReply, match=reason):
             check_num_examples(value, "n", 1e9)
+
+
+def test_a_reply_given_non_finite_weights_is_malformed_like_a_checked_one() -> None:
+    from flwr.app import Message
+
+    from dstar_flwr.replies import ReplyStatus, check_train_reply
+
+    layout = layout_of(_global())
+    message = Message(_reply(), dst_node_id=3, message_type="train")
+    checked = check_train_reply(message, layout)
+    assert checked.is_valid
+    finite = checked.with_weights(np.ones(checked.weights.size), layout)
+    assert finite.is_valid and np.all(finite.weights == 1)
+    vector = np.ones(checked.weights.size)
+    vector[2] = np.nan
+    replaced = checked.with_weights(vector, layout)
+    assert replaced.status is ReplyStatus.MALFORMED and replaced.parsed is None
+    assert replaced.reason == "the arrays hold NaN or Inf"
+    # A strategy reading the message sees the replaced arrays, and the check agrees.
+    assert check_train_reply(replaced.message, layout).status is ReplyStatus.MALFORMED
