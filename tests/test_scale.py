@@ -14,7 +14,11 @@ import gc
 import json
 import logging
 import math
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 import tomllib
 import tracemalloc
@@ -64,6 +68,7 @@ from simulations.benchmarks.scale.figures import (
     summarize_costs,
     write_costs_csv,
 )
+from simulations.federation.deploy import LocalFederation, processes_with_home
 
 from .fake_grid import FakeGrid, FakeNode
 
@@ -427,6 +432,28 @@ def test_run_state_counts_the_runs_messages_by_table(tmp_path: Path) -> None:
     assert not node_offline(database, 12345)  # unknown
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_closing_a_federation_stops_what_detached_from_its_supernodes(tmp_path: Path) -> None:
+    # Like Flower's SuperExec: started in a session of its own, reparented to init,
+    # with the federation's FLWR_HOME in its environment.
+    home = tmp_path / "supernode-0" / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], env=env, start_new_session=True
+    )
+    try:
+        assert processes_with_home(tmp_path) == [stray.pid]
+        assert processes_with_home(tmp_path / "other") == []
+        federation = LocalFederation(1)
+        federation.work_dir = tmp_path
+        federation.close()
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
 def test_the_deployment_check_accounts_for_every_round() -> None:
     setting = DeploymentSetting(num_supernodes=4, rounds=3, kills=(Kill(1, 3),), stop_after=1)
     rows = [
@@ -592,7 +619,7 @@ def test_engine_benchmark_smoke(tmp_path: Path) -> None:
 def test_deployment_benchmark_smoke(tmp_path: Path) -> None:
     setting = DeploymentSetting(
         num_supernodes=4,
-        rounds=3,
+        rounds=2,
         kills=(Kill(1, 3),),
         stop_after=1,
         first_k=3,

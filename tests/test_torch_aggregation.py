@@ -141,7 +141,7 @@ def test_small_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> N
 
     updates, f, _, weights = _inputs(CASES[2])
     whole = dstar_aggregate(_tensors(updates), num_byzantine=f, weights=weights)
-    monkeypatch.setattr(torch_aggregation, "_BLOCK_ELEMENTS", 1000)  # 100 coordinates a block
+    monkeypatch.setattr(torch_aggregation, "_CPU_BLOCK_ELEMENTS", 1000)  # 100 coordinates a block
     blocks = dstar_aggregate(_tensors(updates), num_byzantine=f, weights=weights)
     assert blocks.accepted == whole.accepted
     torch.testing.assert_close(blocks.center, whole.center, rtol=0, atol=0)

@@ -182,6 +182,28 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def processes_with_home(folder: Path) -> list[int]:
+    """PIDs of this user's processes whose ``FLWR_HOME`` lies in ``folder`` (Linux ``/proc``).
+
+    Flower's SuperExec detaches from the SuperNode that starts it (its parent
+    becomes init), so a process tree does not reach it nor the ClientApps it
+    started; their environment still names the federation's folder.
+    """
+    prefix = f"FLWR_HOME={Path(folder).resolve()}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            variables = environ.read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        if any(v.startswith(prefix) for v in variables):
+            found.append(pid)
+    return found
+
+
 def stop_process_tree(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM a component and everything it started; SIGKILL what is left after ``timeout``."""
     if process.poll() is not None and not _descendants(process.pid):
@@ -352,9 +374,17 @@ class LocalFederation:
         self.wait_online(self.num_supernodes, watch=self.supernodes)
 
     def close(self) -> None:
-        """Stop the SuperNodes, then the SuperLink (each with all it started)."""
+        """Stop the SuperNodes, then the SuperLink (each with all it started).
+
+        Then SIGKILL whatever still runs with a ``FLWR_HOME`` in the work folder:
+        SuperExecs that outlived their SuperNode, and their ClientApps.
+        """
         while self._started:
             stop_process_tree(self._started.pop())
+        if self.work_dir != Path():
+            for pid in processes_with_home(self.work_dir):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self._log_followers.clear()
         self._stack.close()
 

@@ -41,6 +41,7 @@ from simulations.federation.deploy import (
     LocalFederation,
     StartedRun,
     SuperNodeProcess,
+    processes_with_home,
 )
 
 RUN_NAME = "scale-deployment"
@@ -48,6 +49,7 @@ RUN_NAME = "scale-deployment"
 RUN_TABLES = ("message_ins", "message_res", "message", "task_message", "run_objects")
 _ROUND_START = re.compile(r"\[ROUND (\d+)/\d+\]")
 _POLL = 0.5
+_HEALTH_INTERVAL = 20.0  # seconds between checks that the run goes on
 
 
 @dataclass(frozen=True)
@@ -233,10 +235,43 @@ class _Scenario:
         return [k.kill.node for k in self.killed if k.restarted is None]
 
 
+def clientapp_processes(work_dir: Path) -> int:
+    """ClientApp processes running for the federation in ``work_dir``."""
+    count = 0
+    for pid in processes_with_home(work_dir):
+        with suppress(OSError):
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                count += 1
+    return count
+
+
+def _check_health(scenario: _Scenario) -> None:
+    """Fail at once when the run has ended, or ClientApps pile up (an overloaded machine)."""
+    federation = scenario.federation
+    run_id = scenario.run.run_id if scenario.run else None
+    if scenario.run_label != "after" and run_id is not None:
+        status = federation.run_status(run_id)
+        if status.startswith("finished"):
+            raise DeploymentError(
+                f"the {scenario.run_label} run ended {status}.\n" + federation.diagnostics(run_id)
+            )
+    running = clientapp_processes(federation.work_dir)
+    if running > 3 * scenario.setting.num_supernodes:
+        raise DeploymentError(
+            f"{running} ClientApp processes for {scenario.setting.num_supernodes} SuperNodes: "
+            "the machine is too loaded (Flower starts a task's process again when the last "
+            "one has not taken it in time)."
+        )
+
+
 def _wait(scenario: _Scenario, done: object, limit: float, what: str) -> None:
     deadline = time.monotonic() + limit
+    next_check = time.monotonic() + _HEALTH_INTERVAL
     while not done():  # type: ignore[operator]
         scenario.step()
+        if time.monotonic() > next_check:
+            _check_health(scenario)
+            next_check = time.monotonic() + _HEALTH_INTERVAL
         if time.monotonic() > deadline:
             run_id = scenario.run.run_id if scenario.run else None
             raise DeploymentError(
@@ -269,7 +304,11 @@ def run_deployment(
     config = setting.overrides(results_dir, checkpoint_dir)
     print(f"starting {setting.num_supernodes} SuperNodes ...", flush=True)
     with LocalFederation(
-        setting.num_supernodes, work_dir=work_dir, insecure=setting.insecure
+        setting.num_supernodes,
+        work_dir=work_dir,
+        insecure=setting.insecure,
+        # Many SuperNodes start slowly on a loaded machine.
+        startup_timeout=max(60.0, 10.0 * setting.num_supernodes),
     ) as federation:
         scenario = _Scenario(federation, setting)
         scenario.record("online", supernodes=setting.num_supernodes)
@@ -302,6 +341,12 @@ def run_deployment(
         # Every killed node comes back, even when the run ended first.
         _wait(scenario, lambda: not scenario.pending_restarts(), 300, "the last restart")
         federation.wait_online(setting.num_supernodes, timeout=120)
+        _wait(
+            scenario,
+            lambda: all(k.restarted and k.restarted.reported_node_id() for k in scenario.killed),
+            60,
+            "the restarted SuperNodes' node ids",
+        )
         at_end = {
             "first": run_state(federation.database, first.run_id),
             "resumed": run_state(federation.database, resumed.run_id),

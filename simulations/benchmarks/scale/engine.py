@@ -167,8 +167,8 @@ def format_report(figures: Mapping[str, object], runs: Mapping[str, Mapping[str,
         f"latency (median {setting['latency_median']} s, sigma {setting['latency_sigma']}), "
         f"{setting['dataset']}, {setting['max_parallel']} ClientApps at once",
         "",
-        "Per round: server CPU ms outside the clients (strategy + grid), validation update ms, "
-        "round wall s, server RSS MiB after the round",
+        "Per round: server CPU ms outside the clients (sampling, reply checks, rule, report, "
+        "grid calls), validation update ms, round wall s, server RSS MiB after the round",
         format_costs_table({name: results["server-costs"] for name, results in runs.items()}),  # type: ignore[misc]
         "",
     ]
