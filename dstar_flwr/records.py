@@ -6,13 +6,16 @@ aggregate: :func:`parse_train_reply` either returns the reply's flat update or
 raises :class:`MalformedReply`.
 """
 
+import io
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from numpy.typing import NDArray
 
 DEFAULT_MAX_NUM_EXAMPLES = 10**9
@@ -35,7 +38,7 @@ class ArrayLayout:
         """Number of scalars over all arrays."""
         return sum(math.prod(shape) for shape in self.shapes)
 
-    @property
+    @cached_property
     def vector_dtype(self) -> np.dtype:
         """The float dtype of flat vectors: float32, or wider if a float array is."""
         floats = [dtype for dtype in self.dtypes if np.issubdtype(dtype, np.floating)]
@@ -61,10 +64,55 @@ def layout_of(record: ArrayRecord) -> ArrayLayout:
     )
 
 
+@lru_cache(maxsize=4096)
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes | None:
+    """The ``.npy`` header ``np.save`` writes for a C-ordered array; None if it has none."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": shape,
+    }
+    for write in (np.lib.format.write_array_header_1_0, np.lib.format.write_array_header_2_0):
+        buffer = io.BytesIO()
+        try:
+            write(buffer, header)
+        except ValueError:  # too long for this format version
+            continue
+        return buffer.getvalue()
+    return None
+
+
+def decode_array(array: Array, shape: tuple[int, ...], dtype: np.dtype) -> NDArray[Any]:
+    """``array.numpy()``, without parsing the header when it is the expected one.
+
+    Flower's ``Array.numpy`` parses the ``.npy`` header of every array with
+    ``ast.literal_eval``, which dominates decoding a small model. When the bytes
+    are exactly the header ``np.save`` writes for ``shape`` and ``dtype`` followed
+    by that many bytes of data, the array is read from them directly (a read-only
+    view); any other bytes go to ``Array.numpy``, and the caller checks what it
+    returns against the layout as before.
+    """
+    data = array.data
+    if array.stype == SType.NUMPY and isinstance(data, bytes):
+        header = _npy_header(shape, dtype)
+        size = dtype.itemsize * math.prod(shape)
+        if (
+            header is not None
+            and size > 0
+            and len(data) == len(header) + size
+            and data.startswith(header)
+        ):
+            return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(shape)
+    return array.numpy()
+
+
 def flatten_record(record: ArrayRecord, layout: ArrayLayout) -> NDArray[np.floating]:
     """Concatenate ``record``'s arrays, in ``layout``'s key order, to one float vector."""
     dtype = layout.vector_dtype
-    parts = [np.asarray(record[key].numpy(), dtype=dtype).ravel() for key in layout.keys]
+    parts = [
+        np.asarray(decode_array(record[key], shape, array_dtype), dtype=dtype).ravel()
+        for key, shape, array_dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
@@ -203,9 +251,9 @@ def parse_train_reply(
 
     _check_names(arrays.keys(), layout)  # before decoding: no work for unexpected arrays
     decoded = {}
-    for key in arrays:
+    for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True):
         try:
-            decoded[key] = arrays[key].numpy()
+            decoded[key] = decode_array(arrays[key], shape, dtype)
         except Exception as error:
             raise MalformedReply(f"array '{key}' cannot be decoded: {error}") from error
     weights = flatten_checked(decoded, layout)

@@ -1,11 +1,16 @@
 """Reply checks: every kind of malformed reply is refused with a reason."""
 
+import io
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dstar_flwr.records import (
     MalformedReply,
+    decode_array,
     flatten_record,
     layout_of,
     parse_train_reply,
@@ -133,3 +138,78 @@ def test_a_reply_given_non_finite_weights_is_malformed_like_a_checked_one() -> N
     assert replaced.reason == "the arrays hold NaN or Inf"
     # A strategy reading the message sees the replaced arrays, and the check agrees.
     assert check_train_reply(replaced.message, layout).status is ReplyStatus.MALFORMED
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _raw_array(data: bytes, dtype: str = "float32", shape: tuple[int, ...] = (2, 3)) -> Array:
+    return Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
+
+
+def _decoded_by_flower(array: Array) -> np.ndarray | type[Exception]:
+    try:
+        return array.numpy()
+    except Exception as error:  # noqa: BLE001 (what Flower raises is the reference)
+        return type(error)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        np.arange(6, dtype=">f4").reshape(2, 3),
+        np.arange(6, dtype=np.float64).reshape(2, 3),
+        np.arange(6, dtype=np.float32).reshape(3, 2),
+        np.array(7, dtype=np.int64),
+        np.zeros((0, 3), dtype=np.float32),
+        np.zeros((2, 40_000), dtype=np.float32),
+    ],
+    ids=["c-order", "fortran", "big-endian", "float64", "other-shape", "scalar", "empty", "big"],
+)
+def test_decoding_gives_what_flower_decodes(array: np.ndarray) -> None:
+    """Whatever the bytes hold, the decoded array is Flower's (then checked by the layout)."""
+    wire = Array(array)
+    decoded = decode_array(wire, (2, 3), np.dtype(np.float32))
+    expected = wire.numpy()
+    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_the_expected_header_is_read_without_flower_and_is_read_only() -> None:
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    decoded = decode_array(Array(array), (2, 3), np.dtype(np.float32))
+    assert not decoded.flags.writeable  # a view of the reply's bytes
+    np.testing.assert_array_equal(decoded, array)
+
+
+@given(
+    cut=st.integers(min_value=0, max_value=200),
+    extra=st.binary(max_size=8),
+    flip=st.integers(min_value=0, max_value=200),
+)
+def test_tampered_bytes_decode_as_flower_decodes_them(cut: int, extra: bytes, flip: int) -> None:
+    data = bytearray(_npy_bytes(np.arange(6, dtype=np.float32).reshape(2, 3)))
+    if flip < len(data):
+        data[flip] ^= 0xFF
+    tampered = bytes(data[: len(data) - cut % (len(data) + 1)]) + extra
+    wire = _raw_array(tampered)
+    expected = _decoded_by_flower(wire)
+    try:
+        decoded = decode_array(wire, (2, 3), np.dtype(np.float32))
+    except Exception as error:  # noqa: BLE001 (it must raise what Flower raises)
+        assert expected is type(error)
+        return
+    assert not isinstance(expected, type)
+    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_a_fast_decoded_reply_still_refuses_non_finite_values() -> None:
+    content = _reply({"w": np.full((2, 3), np.nan, np.float32)})
+    with pytest.raises(MalformedReply, match="NaN or Inf"):
+        parse_train_reply(content, layout_of(_global()))

@@ -1,9 +1,10 @@
 """How many times the server decodes each training reply's arrays, path by path.
 
-A reply's arrays arrive serialized; every ``Array.numpy()`` call on them decodes
-them again. This script runs short experiments on the in-process engine
+A reply's arrays arrive serialized; every ``Array.numpy()`` or
+:func:`dstar_flwr.records.decode_array` call on them decodes them again. This
+script runs short experiments on the in-process engine
 (:mod:`simulations.federation.inprocess`), records every array of every training
-reply the Grid hands to the server, counts the ``Array.numpy()`` calls on them,
+reply the Grid hands to the server, counts the decodes of them,
 and prints the decodes per reply array (the mean over all replies pulled, late
 ones included, which are never decoded; and the most for any one array) for:
 
@@ -29,7 +30,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.models import build_model
-from dstar_flwr import DStar
+from dstar_flwr import DStar, records
 from simulations.federation.inprocess import InProcessGrid, default_run_config, run_inprocess
 
 SETTINGS: dict[str, object] = {
@@ -57,7 +58,7 @@ PATHS: dict[str, dict[str, object]] = {
 
 
 class DecodeCounter:
-    """Counts ``Array.numpy()`` calls on the arrays of the training replies pulled."""
+    """Counts the decodes of the arrays of the training replies pulled."""
 
     def __init__(self) -> None:
         self.reply_arrays: dict[int, Array] = {}  # kept alive: ids stay unique
@@ -87,15 +88,34 @@ class DecodeCounter:
 
 @contextmanager
 def counting() -> Iterator[DecodeCounter]:
-    """Patch the in-process Grid and ``Array.numpy`` to count decodes of reply arrays."""
+    """Patch the in-process Grid and the decoders to count decodes of reply arrays.
+
+    ``Array.numpy`` (Flower's) and :func:`dstar_flwr.records.decode_array` (the
+    library's, which may call Flower's: one decode).
+    """
     counter = DecodeCounter()
     original_numpy = Array.numpy
+    original_decode = records.decode_array
     original_pull = InProcessGrid.pull_messages
+    in_library_decode = False
+
+    def count(array: Array) -> None:
+        if counter.reply_arrays.get(id(array)) is array:  # a reply array, pulled before
+            counter.decodes[id(array)] += 1
 
     def numpy(self: Array) -> Any:
-        if counter.reply_arrays.get(id(self)) is self:  # a reply array, pulled before
-            counter.decodes[id(self)] += 1
+        if not in_library_decode:
+            count(self)
         return original_numpy(self)
+
+    def decode_array(array: Array, *args: Any, **kwargs: Any) -> Any:
+        nonlocal in_library_decode
+        count(array)
+        in_library_decode = True
+        try:
+            return original_decode(array, *args, **kwargs)
+        finally:
+            in_library_decode = False
 
     def pull_messages(self: InProcessGrid, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = list(original_pull(self, message_ids))
@@ -103,11 +123,13 @@ def counting() -> Iterator[DecodeCounter]:
         return replies
 
     Array.numpy = numpy  # type: ignore[method-assign]
+    records.decode_array = decode_array
     InProcessGrid.pull_messages = pull_messages  # type: ignore[method-assign]
     try:
         yield counter
     finally:
         Array.numpy = original_numpy  # type: ignore[method-assign]
+        records.decode_array = original_decode
         InProcessGrid.pull_messages = original_pull  # type: ignore[method-assign]
 
 
