@@ -47,6 +47,7 @@ from simulations.federation.deploy import (
     parse_node_configs,
     stop_process_tree,
 )
+from simulations.federation.link_state import MESSAGE_TABLES, run_messages, run_state
 
 NUM_SUPERNODES = 5
 BYZANTINE = 0
@@ -94,43 +95,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
         yield started
 
 
-def _sint64(run_id: int) -> int:
-    """The SuperLink stores ids as signed 64-bit integers."""
-    return run_id - 2**64 if run_id >= 2**63 else run_id
-
-
-def _run_messages(database: Path, run_id: int) -> dict[str, int]:
-    """How many messages of the run each message table of the SuperLink's state holds."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
-        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
-        tables = {row[0] for row in connection.execute(query)}
-        return {
-            table: connection.execute(
-                f"SELECT COUNT(*) FROM {table} WHERE run_id = ?",
-                (_sint64(run_id),),
-            ).fetchone()[0]
-            for table in ("message_ins", "message_res")
-            if table in tables
-        }
-
-
-def _leftover_messages(database: Path, run_id: int) -> list[dict[str, object]]:
-    """The run's messages left in the SuperLink's state, for an assertion's message."""
-    columns = (
-        "message_id, reply_to_message_id, message_type, group_id, src_node_id, "
-        "dst_node_id, created_at, delivered_at, ttl"
-    )
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
-        connection.row_factory = sqlite3.Row
-        return [
-            {"table": table, **dict(row)}
-            for table in ("message_ins", "message_res")
-            for row in connection.execute(
-                f"SELECT {columns} FROM {table} WHERE run_id = ?", (_sint64(run_id),)
-            )
-        ]
-
-
 def _wait_for_results(
     federation: LocalFederation, started: StartedRun, limit: float = RUN_LIMIT
 ) -> int:
@@ -146,7 +110,9 @@ def _wait_for_results(
     next_status = time.monotonic() + 20
     while not started.results.exists():
         with suppress(sqlite3.OperationalError):  # the SuperLink is writing; look again
-            most = max(most, sum(_run_messages(federation.database, started.run_id).values()))
+            most = max(
+                most, sum(run_state(federation.database, started.run_id, MESSAGE_TABLES).values())
+            )
         now = time.monotonic()
         if now > next_status:  # fail early when the run ended without results
             status = federation.run_status(started.run_id)
@@ -250,8 +216,8 @@ def test_first_k_rounds_survive_a_killed_node_and_a_stop_and_resume(
 
     resumed = federation.start_run({**config, "resume": True})
     most_messages = _wait_for_results(federation, resumed)
-    leftovers = _run_messages(federation.database, resumed.run_id)
-    leftover_rows = _leftover_messages(federation.database, resumed.run_id)
+    leftovers = run_state(federation.database, resumed.run_id, MESSAGE_TABLES)
+    leftover_rows = run_messages(federation.database, resumed.run_id)
     results = _finished(federation, resumed)
     log = federation.run_log(resumed.run_id)
     rounds = results["rounds"]

@@ -52,9 +52,7 @@ from simulations.benchmarks.scale.deployment import (
     Kill,
     check,
     current_round,
-    node_offline,
     run_deployment,
-    run_state,
 )
 from simulations.benchmarks.scale.engine import EngineSetting, rounds_figures, run_engine
 from simulations.benchmarks.scale.figures import (
@@ -69,6 +67,7 @@ from simulations.benchmarks.scale.figures import (
     write_costs_csv,
 )
 from simulations.federation.deploy import LocalFederation, processes_with_home
+from simulations.federation.link_state import node_offline, run_state
 
 from .fake_grid import FakeGrid, FakeNode
 

@@ -12,6 +12,8 @@
   lost, and that nothing of the run is left in the SuperLink's state.
 - :mod:`~simulations.benchmarks.scale.figures`: the figures both print, computed
   from the results files (no Flower needed).
+- :mod:`~simulations.benchmarks.scale.faults`: the Byzantine nodes and log-normal
+  stragglers both inject.
 
 Usage::
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dstar_flwr.checkpoint import load_checkpoint
+from simulations.benchmarks.scale.faults import fault_overrides
 from simulations.benchmarks.scale.figures import (
     logged_rounds,
     lost_rounds,
@@ -43,10 +44,10 @@ from simulations.federation.deploy import (
     SuperNodeProcess,
     processes_with_home,
 )
+from simulations.federation.link_state import node_offline, run_state
 
 RUN_NAME = "scale-deployment"
 # Tables of the SuperLink's state that hold a run's messages and objects (Flower 1.42).
-RUN_TABLES = ("message_ins", "message_res", "message", "task_message", "run_objects")
 _ROUND_START = re.compile(r"\[ROUND (\d+)/\d+\]")
 _POLL = 0.5
 _HEALTH_INTERVAL = 20.0  # seconds between checks that the run goes on
@@ -109,54 +110,15 @@ class DeploymentSetting:
             "strategy": "dstar",
             "dataset": self.dataset,
             "num-server-rounds": self.rounds,
-            "local-epochs": 1,
-            "device": "cpu",
             "first-k": self.first_k,
             "num-byzantine": self.num_byzantine,
-            "num-byzantine-nodes": 0,
-            "byzantine-fraction": self.byzantine_fraction,
-            "attack": "gaussian",
-            "num-stragglers": 0,
-            "latency-model": "log-normal",
-            "latency-seconds": self.latency_median,
-            "latency-sigma": self.latency_sigma,
+            **fault_overrides(self.byzantine_fraction, self.latency_median, self.latency_sigma),
             "round-timeout": self.round_timeout,
             "seed": self.seed,
             "results-dir": str(results_dir),
             "run-name": RUN_NAME,
             "checkpoint-dir": str(checkpoint_dir),
         }
-
-
-def _sint64(value: int) -> int:
-    """The SuperLink stores ids as signed 64-bit integers."""
-    return value - 2**64 if value >= 2**63 else value
-
-
-def run_state(database: Path, run_id: int) -> dict[str, int]:
-    """The run's rows in each of :data:`RUN_TABLES` of the SuperLink's SQLite state."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
-        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
-        tables = {row[0] for row in connection.execute(query)}
-        return {
-            table: connection.execute(
-                f"SELECT COUNT(*) FROM {table} WHERE run_id = ?", (_sint64(run_id),)
-            ).fetchone()[0]
-            for table in RUN_TABLES
-            if table in tables
-        }
-
-
-def node_offline(database: Path, node_id: int, now: float | None = None) -> bool:
-    """Whether the SuperLink counts the node offline (its heartbeat deadline has passed)."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
-        row = connection.execute(
-            "SELECT status, online_until FROM node WHERE node_id = ?", (_sint64(node_id),)
-        ).fetchone()
-    if row is None:
-        return False
-    status, online_until = row
-    return status != "online" or (online_until or 0.0) < (time.time() if now is None else now)
 
 
 def current_round(log: str) -> int:

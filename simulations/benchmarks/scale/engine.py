@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from simulations.benchmarks.scale.faults import fault_overrides
 from simulations.benchmarks.scale.figures import (
     MIB,
     CostSummary,
@@ -86,15 +87,7 @@ class EngineSetting:
             "fraction-train": self.fraction_train,
             "first-k": self.k,
             "num-byzantine": self.f,
-            "num-byzantine-nodes": 0,
-            "byzantine-fraction": self.byzantine_fraction,
-            "attack": "gaussian",
-            "num-stragglers": 0,
-            "latency-model": "log-normal",
-            "latency-seconds": self.latency_median,
-            "latency-sigma": self.latency_sigma,
-            "local-epochs": 1,
-            "device": "cpu",
+            **fault_overrides(self.byzantine_fraction, self.latency_median, self.latency_sigma),
             "round-timeout": self.round_timeout,
             "seed": self.seed,
             "results-dir": str(results_dir),
