@@ -141,6 +141,7 @@ class _Scenario:
 
     federation: LocalFederation
     setting: DeploymentSetting
+    checkpoint: Path
     started_at: float = field(default_factory=time.monotonic)
     killed: list[_Killed] = field(default_factory=list)
     events: list[dict[str, object]] = field(default_factory=list)
@@ -153,10 +154,15 @@ class _Scenario:
         print("  " + " ".join(f"{k}={v}" for k, v in event.items()), flush=True)
 
     def round_now(self) -> int:
+        """The round running now: the log's last round start, or the round after the
+        last checkpointed one if that is later (the log stream can lag minutes behind
+        on a loaded machine; the checkpoint is written as each round ends)."""
         if self.run is None:
             return 0
         log_file = self.federation.follow_log(self.run.run_id)
-        return current_round(log_file.read_text(errors="replace"))
+        logged = current_round(log_file.read_text(errors="replace"))
+        checkpointed = _checkpointed_round(self.checkpoint)
+        return max(logged, checkpointed + 1 if checkpointed else 0)
 
     def step(self) -> None:
         """Kill what is due at the current round; restart what the SuperLink has let go."""
@@ -272,7 +278,7 @@ def run_deployment(
         # Many SuperNodes start slowly on a loaded machine.
         startup_timeout=max(60.0, 10.0 * setting.num_supernodes),
     ) as federation:
-        scenario = _Scenario(federation, setting)
+        scenario = _Scenario(federation, setting, checkpoint)
         scenario.record("online", supernodes=setting.num_supernodes)
         first = federation.start_run(config)
         scenario.run = first
