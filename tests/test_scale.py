@@ -66,7 +66,7 @@ from simulations.benchmarks.scale.figures import (
     summarize_costs,
     write_costs_csv,
 )
-from simulations.federation.deploy import LocalFederation, processes_with_home
+from simulations.federation.deploy import LocalFederation, processes_below, processes_with_home
 from simulations.federation.link_state import node_offline, run_state
 
 from .fake_grid import FakeGrid, FakeNode
@@ -451,6 +451,38 @@ def test_closing_a_federation_stops_what_detached_from_its_supernodes(tmp_path: 
         if stray.poll() is None:
             stray.kill()
             stray.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_federation_sees_when_the_superlinks_superexec_has_exited() -> None:
+    # A stand-in SuperLink whose child carries "flower-superexec" on its command line.
+    child = (
+        "import subprocess, sys, time\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(600)', 'flower-superexec']\n"
+        "subprocess.Popen(sleeper)\n"
+        "time.sleep(600)\n"
+    )
+    superlink = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)
+    federation = LocalFederation(1)
+    federation.superlink = superlink
+    try:
+        deadline = time.monotonic() + 30
+        while not federation.serverapp_superexec_alive():
+            assert time.monotonic() < deadline, "the stand-in SuperExec never showed up"
+            time.sleep(0.1)
+        superexec = next(
+            pid
+            for pid in processes_below(superlink.pid)
+            if b"flower-superexec" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+        os.kill(superexec, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while federation.serverapp_superexec_alive():
+            assert time.monotonic() < deadline, "the exited SuperExec still counts as running"
+            time.sleep(0.1)
+    finally:
+        os.killpg(superlink.pid, signal.SIGKILL)
+        superlink.wait()
 
 
 def test_the_deployment_check_accounts_for_every_round() -> None:

@@ -135,7 +135,7 @@ class StartedRun:
     results: Path
 
 
-def _descendants(pid: int) -> list[int]:
+def processes_below(pid: int) -> list[int]:
     """PIDs of every process below ``pid`` (Linux ``/proc``; elsewhere none).
 
     Flower starts its SuperExec and app processes in sessions of their own, so
@@ -159,7 +159,7 @@ def _descendants(pid: int) -> list[int]:
 
 def _signal_tree(process: subprocess.Popen[bytes], sig: signal.Signals) -> list[int]:
     """Send ``sig`` to ``process``, its process group and all its descendants."""
-    pids = _descendants(process.pid)
+    pids = processes_below(process.pid)
     with suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
     for pid in pids:
@@ -206,7 +206,7 @@ def processes_with_home(folder: Path) -> list[int]:
 
 def stop_process_tree(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM a component and everything it started; SIGKILL what is left after ``timeout``."""
-    if process.poll() is not None and not _descendants(process.pid):
+    if process.poll() is not None and not processes_below(process.pid):
         return
     pids = _signal_tree(process, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -257,6 +257,10 @@ class LocalFederation:
     startup_timeout : float (default: 60.0)
         Seconds to wait for the SuperLink to answer and the SuperNodes to be
         online.
+    supernode_niceness : int (default: 0)
+        Run the SuperNodes, and so their ClientApps, under ``nice -n`` this
+        (0: as they are). With many SuperNodes on a few cores, a positive value
+        keeps their ClientApps from starving the SuperLink.
 
     Notes
     -----
@@ -277,6 +281,7 @@ class LocalFederation:
         app_dir: Path = APP_DIR,
         port: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        supernode_niceness: int = 0,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}.")
@@ -295,6 +300,7 @@ class LocalFederation:
         self.app_dir = Path(app_dir).resolve()
         self.port = port or _free_port()
         self.startup_timeout = startup_timeout
+        self.supernode_niceness = supernode_niceness
         self.certificates = certificates
         self.supernodes: list[SuperNodeProcess] = []
         self.superlink: subprocess.Popen[bytes] | None = None
@@ -551,7 +557,11 @@ class LocalFederation:
     ) -> SuperNodeProcess:
         index = len(self.supernodes)
         name = f"supernode-{index}"
+        # The SuperNodes (and the ClientApps they start) stand in for other machines:
+        # niced, they leave the SuperLink's and the ServerApp's turn to them.
+        nice = ["nice", "-n", str(self.supernode_niceness)] if self.supernode_niceness else []
         command = [
+            *nice,
             "flower-supernode",
             "--superlink",
             self.address,
@@ -585,6 +595,22 @@ class LocalFederation:
         )
         self.supernodes.append(supernode)
         return supernode
+
+    def serverapp_superexec_alive(self) -> bool:
+        """Whether the SuperExec the SuperLink started for ServerApps still runs.
+
+        Flower 1.42's SuperExec exits on an HTTP error from the SuperLink (e.g. a
+        500 "database is locked" under heavy load), and the SuperLink does not
+        start another: no ServerApp can start after that, and the running one
+        ends with it (it watches its parent). Linux ``/proc`` only; elsewhere True.
+        """
+        if self.superlink is None or not Path("/proc").exists():
+            return True
+        for pid in processes_below(self.superlink.pid):
+            with suppress(OSError):
+                if b"flower-superexec" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+        return False
 
     def kill_supernode(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send ``sig`` (default SIGKILL: a crash) to SuperNode ``index`` and all it started."""

@@ -89,6 +89,9 @@ class DeploymentSetting:
     run_limit: float = 1800.0
     seed: int = 42
     insecure: bool = False
+    # 20 SuperNodes on 2 cores: niced, their ClientApps do not starve the SuperLink
+    # past its SQLite lock timeout (5 s), which ends Flower's SuperExec.
+    supernode_niceness: int = 10
 
     def __post_init__(self) -> None:
         if self.num_supernodes < 1 or self.rounds < 2:
@@ -223,6 +226,12 @@ def _check_health(scenario: _Scenario) -> None:
             raise DeploymentError(
                 f"the {scenario.run_label} run ended {status}.\n" + federation.diagnostics(run_id)
             )
+    if not federation.serverapp_superexec_alive():
+        raise DeploymentError(
+            "the SuperLink's SuperExec exited: no ServerApp can start or go on (Flower 1.42 "
+            "ends it on an HTTP error from the SuperLink, e.g. 'database is locked' on an "
+            "overloaded machine).\n" + federation.diagnostics(run_id)
+        )
     running = clientapp_processes(federation.work_dir)
     if running > 3 * scenario.setting.num_supernodes:
         raise DeploymentError(
@@ -277,6 +286,7 @@ def run_deployment(
         insecure=setting.insecure,
         # Many SuperNodes start slowly on a loaded machine.
         startup_timeout=max(60.0, 10.0 * setting.num_supernodes),
+        supernode_niceness=setting.supernode_niceness,
     ) as federation:
         scenario = _Scenario(federation, setting, checkpoint)
         scenario.record("online", supernodes=setting.num_supernodes)
