@@ -66,7 +66,12 @@ from simulations.benchmarks.scale.figures import (
     summarize_costs,
     write_costs_csv,
 )
-from simulations.federation.deploy import LocalFederation, processes_below, processes_with_home
+from simulations.federation.deploy import (
+    SUPERLINK_WITH_BUSY_TIMEOUT,
+    LocalFederation,
+    processes_below,
+    processes_with_home,
+)
 from simulations.federation.link_state import node_offline, run_state
 
 from .fake_grid import FakeGrid, FakeNode
@@ -483,6 +488,24 @@ def test_a_federation_sees_when_the_superlinks_superexec_has_exited() -> None:
     finally:
         os.killpg(superlink.pid, signal.SIGKILL)
         superlink.wait()
+
+
+def test_the_superlink_can_be_started_with_another_sqlite_busy_timeout() -> None:
+    run = [sys.executable, "-c", SUPERLINK_WITH_BUSY_TIMEOUT, "60000", "--help"]
+    shown = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr  # the milliseconds are not taken as an argument
+    assert "flower-superlink" in shown.stdout
+    # What the SuperLink's SQL code would set on each connection:
+    probe = SUPERLINK_WITH_BUSY_TIMEOUT.replace(
+        "sys.exit(flower_superlink())",
+        "import flwr.supercore.sql_mixin as m; print(dict(m.SQLITE_PRAGMAS)['busy_timeout'])",
+    )
+    pragmas = subprocess.run(
+        [sys.executable, "-c", probe, "60000"], capture_output=True, text=True, timeout=120
+    )
+    assert pragmas.stdout.strip() == "60000", pragmas.stderr
+    with pytest.raises(ValueError, match="sqlite_busy_timeout"):
+        LocalFederation(1, sqlite_busy_timeout=0)
 
 
 def test_the_deployment_check_accounts_for_every_round() -> None:

@@ -135,6 +135,24 @@ class StartedRun:
     results: Path
 
 
+# ``flower-superlink`` with another SQLite busy timeout: Flower 1.42 sets its
+# pragmas from a constant (5000 ms) before it connects; replacing the constant
+# before the SuperLink's modules import it changes nothing else. argv: the
+# milliseconds, then flower-superlink's own arguments.
+SUPERLINK_WITH_BUSY_TIMEOUT = """
+import sys
+from flwr.supercore import constant
+milliseconds = sys.argv.pop(1)
+constant.SQLITE_PRAGMAS = tuple(
+    (name, milliseconds if name == "busy_timeout" else value)
+    for name, value in constant.SQLITE_PRAGMAS
+)
+from flwr.superlink.cli.flower_superlink import flower_superlink
+sys.argv[0] = "flower-superlink"
+sys.exit(flower_superlink())
+"""
+
+
 def processes_below(pid: int) -> list[int]:
     """PIDs of every process below ``pid`` (Linux ``/proc``; elsewhere none).
 
@@ -261,6 +279,11 @@ class LocalFederation:
         Run the SuperNodes, and so their ClientApps, under ``nice -n`` this
         (0: as they are). With many SuperNodes on a few cores, a positive value
         keeps their ClientApps from starving the SuperLink.
+    sqlite_busy_timeout : float, optional
+        Seconds the SuperLink's SQLite connections wait for a lock (Flower 1.42
+        fixes 5 s and has no option for it; see :data:`SUPERLINK_WITH_BUSY_TIMEOUT`).
+        None: Flower's own. On an overloaded machine, 5 s is exceeded, the
+        SuperLink answers HTTP 500 and its SuperExec exits.
 
     Notes
     -----
@@ -282,6 +305,7 @@ class LocalFederation:
         port: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
         supernode_niceness: int = 0,
+        sqlite_busy_timeout: float | None = None,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}.")
@@ -301,6 +325,9 @@ class LocalFederation:
         self.port = port or _free_port()
         self.startup_timeout = startup_timeout
         self.supernode_niceness = supernode_niceness
+        if sqlite_busy_timeout is not None and sqlite_busy_timeout <= 0:
+            raise ValueError(f"sqlite_busy_timeout must be > 0 s, got {sqlite_busy_timeout}.")
+        self.sqlite_busy_timeout = sqlite_busy_timeout
         self.certificates = certificates
         self.supernodes: list[SuperNodeProcess] = []
         self.superlink: subprocess.Popen[bytes] | None = None
@@ -439,8 +466,13 @@ class LocalFederation:
         return process
 
     def _start_superlink(self) -> None:
+        if self.sqlite_busy_timeout is None:
+            launcher = ["flower-superlink"]
+        else:
+            milliseconds = str(round(1000 * self.sqlite_busy_timeout))
+            launcher = [sys.executable, "-c", SUPERLINK_WITH_BUSY_TIMEOUT, milliseconds]
         command = [
-            "flower-superlink",
+            *launcher,
             "--host",
             "127.0.0.1",
             "--port",

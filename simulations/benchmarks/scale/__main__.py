@@ -88,6 +88,18 @@ def _deployment_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     parser.add_argument("--run-limit", type=float, default=defaults.run_limit, help="seconds")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--insecure", action="store_true", help="no TLS, no authentication")
+    parser.add_argument(
+        "--sqlite-busy-timeout",
+        type=float,
+        default=defaults.sqlite_busy_timeout,
+        help="seconds the SuperLink's SQLite waits for a lock (0: Flower's own, 5 s)",
+    )
+    parser.add_argument(
+        "--supernode-niceness",
+        type=int,
+        default=defaults.supernode_niceness,
+        help="run the SuperNodes under nice -n this (0: not niced)",
+    )
     parser.add_argument("--work-dir", type=Path, help="keep the federation's files here")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT / "deployment")
 
@@ -148,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             run_limit=args.run_limit,
             seed=args.seed,
             insecure=args.insecure,
+            sqlite_busy_timeout=args.sqlite_busy_timeout or None,
+            supernode_niceness=args.supernode_niceness,
         )
     except ValueError as error:
         parser.error(str(error))

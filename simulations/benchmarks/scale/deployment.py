@@ -92,6 +92,9 @@ class DeploymentSetting:
     # 20 SuperNodes on 2 cores: niced, their ClientApps do not starve the SuperLink
     # past its SQLite lock timeout (5 s), which ends Flower's SuperExec.
     supernode_niceness: int = 10
+    # Flower's 5 s is exceeded on 2 cores with 20 SuperNodes (then a 500 ends the
+    # SuperLink's SuperExec); None keeps Flower's.
+    sqlite_busy_timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
         if self.num_supernodes < 1 or self.rounds < 2:
@@ -287,6 +290,7 @@ def run_deployment(
         # Many SuperNodes start slowly on a loaded machine.
         startup_timeout=max(60.0, 10.0 * setting.num_supernodes),
         supernode_niceness=setting.supernode_niceness,
+        sqlite_busy_timeout=setting.sqlite_busy_timeout,
     ) as federation:
         scenario = _Scenario(federation, setting, checkpoint)
         scenario.record("online", supernodes=setting.num_supernodes)
