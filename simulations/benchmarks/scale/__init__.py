@@ -18,6 +18,6 @@
 Usage::
 
     python -m simulations.benchmarks.scale engine       # the full sizes (6 min, quiet 2 cores)
-    python -m simulations.benchmarks.scale deployment   # the full sizes (about 15 min here)
+    python -m simulations.benchmarks.scale deployment   # the full sizes (22 min, 2 cores)
     python -m simulations.benchmarks.scale engine --num-nodes 20 --sampled 10 --k 8 --rounds 3
 """
