@@ -19,6 +19,7 @@ from flwr.common.constant import SType
 from numpy.typing import NDArray
 
 DEFAULT_MAX_NUM_EXAMPLES = 10**9
+NON_FINITE_REASON = "the arrays hold NaN or Inf"
 
 
 class MalformedReply(ValueError):
@@ -175,7 +176,7 @@ def flatten_trusted(record: ArrayRecord, layout: ArrayLayout) -> NDArray[np.floa
             raise ValueError(f"array '{key}' has shape {record[key].shape}, expected {shape}")
     vector = flatten_record(record, layout)
     if not np.all(np.isfinite(vector)):
-        raise ValueError("the arrays hold NaN or Inf")
+        raise ValueError(NON_FINITE_REASON)
     return vector
 
 
@@ -281,7 +282,7 @@ def flatten_checked(
         parts.append(np.asarray(array, dtype=layout.vector_dtype).ravel())
     weights = np.concatenate(parts) if parts else np.zeros(0, layout.vector_dtype)
     if not np.all(np.isfinite(weights)):
-        raise MalformedReply("the arrays hold NaN or Inf")
+        raise MalformedReply(NON_FINITE_REASON)
     return weights
 
 

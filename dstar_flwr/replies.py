@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from .records import (
     DEFAULT_MAX_NUM_EXAMPLES,
+    NON_FINITE_REASON,
     ArrayLayout,
     MalformedReply,
     TrainReply,
@@ -93,7 +94,7 @@ class CheckedReply:
         if not np.all(np.isfinite(vector)):
             # What the check would say of these arrays: the reply can no longer be aggregated.
             return replace(
-                self, status=ReplyStatus.MALFORMED, reason="the arrays hold NaN or Inf", parsed=None
+                self, status=ReplyStatus.MALFORMED, reason=NON_FINITE_REASON, parsed=None
             )
         parsed = TrainReply(
             weights=conform_to_layout(vector, layout),
